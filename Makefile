@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make run` (set up + weekly refresh) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export DAGSTER_HOME := $(abspath .dagster_home)
+STAMP := $(VENV)/.installed
+MANIFEST := dbt_project/target/manifest.json
+CUSTOMERS ?= 100000
+WEEK ?=
+
+.PHONY: setup run test ui manifest clean
+
+setup: $(STAMP) $(MANIFEST)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# dagster-dbt reads dbt's manifest at import time: build it before anything loads the definitions.
+$(MANIFEST): $(STAMP) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
+	$(BIN)/dagster-dbt project prepare-and-package --file engagement_dagster/dbt_project.py
+	touch $@
+
+manifest: $(STAMP)
+	$(BIN)/dagster-dbt project prepare-and-package --file engagement_dagster/dbt_project.py
+
+run: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m engagement_dagster.cli run --customers $(CUSTOMERS) $(if $(WEEK),--week $(WEEK))
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -m engagement_dagster.definitions -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf .lake .dagster_home dbt_project/target dbt_project/logs

@@ -1,0 +1,16 @@
+-- Model-ready rows: features, targets and a split that is stable across weeks (a hash of
+-- customer_id, so a customer stays in one fold forever). Column roles live in the YAML `meta`.
+select
+    f.*,
+    c.engagement_score,
+    c.churn_30_day,
+    c.lifetime_value_usd,
+    c.content_category_primary,
+    case
+        when {{ hash_bucket('f.customer_id', 100) }} < 70 then 'train'
+        when {{ hash_bucket('f.customer_id', 100) }} < 85 then 'valid'
+        else 'test'
+    end as split
+from {{ ref('customer_features') }} as f
+inner join {{ ref('stg_customers') }} as c
+    on f.customer_id = c.customer_id

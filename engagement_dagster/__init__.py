@@ -1,0 +1,1 @@
+"""engagement-dagster: weekly customer engagement predictions as a Dagster asset graph."""

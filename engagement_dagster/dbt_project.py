@@ -1,0 +1,13 @@
+"""The dbt project as Dagster sees it. Kept alone in this module so that
+`dagster-dbt project prepare-and-package --file engagement_dagster/dbt_project.py` can build the
+manifest without importing the rest of the code location."""
+
+from pathlib import Path
+
+from dagster_dbt import DbtProject
+
+engagement_dbt = DbtProject(
+    project_dir=Path(__file__).resolve().parent.parent / "dbt_project",
+    profiles_dir=Path(__file__).resolve().parent.parent / "dbt_project",
+)
+engagement_dbt.prepare_if_dev()
