@@ -66,41 +66,38 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _latent_traits(seed: int, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Stable per-customer traits, drawn per BLOCK of indices so they never depend on chunking."""
-    parts: list[dict[str, np.ndarray]] = []
-    for block in np.unique(idx // BLOCK):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0, int(block)]))
-        z = rng.standard_normal((BLOCK, 5))
-        taste = rng.standard_normal((BLOCK, len(CONTENT_CATEGORIES)))
-        block_traits = {
-            "activity": z[:, 0],
-            "sociality": 0.5 * z[:, 0] + 0.85 * z[:, 1],  # social people are a bit more active
-            "commerce": z[:, 2],
-            "satisfaction": z[:, 3],
-            "reach": z[:, 4],
-            "age": rng.integers(18, 66, BLOCK),
-            "gender": rng.choice(4, BLOCK, p=[0.47, 0.47, 0.04, 0.02]),
-            "location": rng.integers(0, len(LOCATIONS), BLOCK),
-            "platform": rng.integers(0, len(PLATFORMS), BLOCK),
-            "channel": rng.integers(0, len(CHANNELS), BLOCK),
-            "first_name": rng.integers(0, len(FIRST_NAMES), BLOCK),
-            "last_name": rng.integers(0, len(LAST_NAMES), BLOCK),
-            "phone": rng.integers(2_000_000_000, 9_999_999_999, BLOCK),
-            "peak_hour": rng.integers(0, 24, BLOCK),
-            "taste": taste,
-        }
-        lo = int(block) * BLOCK
-        sel = idx[(idx // BLOCK) == block] - lo
-        parts.append({k: v[sel] for k, v in block_traits.items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def _latent_traits(seed: int, block: int, offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """Stable per-customer traits: drawn for a whole BLOCK of indices, so they never depend on
+    the week or on how a snapshot is chunked."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, block]))
+    z = rng.standard_normal((BLOCK, 5))[offsets]
+    traits = {
+        "activity": z[:, 0],
+        "sociality": 0.5 * z[:, 0] + 0.85 * z[:, 1],  # social people are a bit more active
+        "commerce": z[:, 2],
+        "satisfaction": z[:, 3],
+        "reach": z[:, 4],
+        "taste": rng.standard_normal((BLOCK, len(CONTENT_CATEGORIES)))[offsets],
+        "age": rng.integers(18, 66, BLOCK)[offsets],
+        "gender": rng.choice(4, BLOCK, p=[0.47, 0.47, 0.04, 0.02])[offsets],
+        "location": rng.integers(0, len(LOCATIONS), BLOCK)[offsets],
+        "platform": rng.integers(0, len(PLATFORMS), BLOCK)[offsets],
+        "channel": rng.integers(0, len(CHANNELS), BLOCK)[offsets],
+        "first_name": rng.integers(0, len(FIRST_NAMES), BLOCK)[offsets],
+        "last_name": rng.integers(0, len(LAST_NAMES), BLOCK)[offsets],
+        "phone": rng.integers(2_000_000_000, 9_999_999_999, BLOCK)[offsets],
+        "peak_hour": rng.integers(0, 24, BLOCK)[offsets],
+    }
+    return traits
 
 
-def _chunk(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> Snapshot:
+def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> Snapshot:
+    """The week's rows for customer indices ``idx``, all inside one BLOCK."""
     n = idx.size
-    t = _latent_traits(seed, idx)
-    # Weekly noise: a fresh stream per (seed, week, first index of the chunk).
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, week, int(idx[0])]))
+    block = int(idx[0]) // BLOCK
+    t = _latent_traits(seed, block, idx - block * BLOCK)
+    # Weekly noise: a fresh stream per (seed, week, block), so chunking never changes a row.
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1, week, block]))
     drift = 0.01 * week  # behaviour drifts slowly: everyone a little more active over time
     act = t["activity"] + drift + 0.15 * rng.standard_normal(n)
     soc, com, sat, reach = t["sociality"], t["commerce"], t["satisfaction"], t["reach"]
@@ -228,19 +225,22 @@ def _chunk(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     return Snapshot(customers, oracle)
 
 
-def generate_chunks(n_customers: int, snapshot_week: dt.date | str, seed: int = 42,
-                    chunk_size: int = 250_000) -> Iterator[Snapshot]:
-    """Yield the week's snapshot in chunks of at most ``chunk_size`` customers (bounded memory)."""
+def generate_chunks(n_customers: int, snapshot_week: dt.date | str, seed: int = 42) -> Iterator[Snapshot]:
+    """Yield the week's snapshot one BLOCK of customer indices at a time (bounded memory: about
+    100 MB per chunk whatever ``n_customers`` is). Concatenated, the chunks are the snapshot."""
     if n_customers <= 0:
         raise ValueError("n_customers must be positive")
     week = week_index(snapshot_week)
     turnover = max(1, n_customers // 50)  # 2% of customers leave and 2% join each week
-    start = week * turnover
-    for lo in range(start, start + n_customers, chunk_size):
-        idx = np.arange(lo, min(lo + chunk_size, start + n_customers), dtype=np.int64)
+    start, stop = week * turnover, week * turnover + n_customers
+    lo = start
+    while lo < stop:  # chunk edges sit on BLOCK boundaries of the customer index
+        hi = min((lo // BLOCK + 1) * BLOCK, stop)
+        idx = np.arange(lo, hi, dtype=np.int64)
         # A customer first became active in the first week whose window contains its index.
         first_active = np.maximum(0, (idx - n_customers) // turnover + 1)
-        yield _chunk(seed, week, idx, first_active)
+        yield _block(seed, week, idx, first_active)
+        lo = hi
 
 
 def generate_snapshot(n_customers: int, snapshot_week: dt.date | str, seed: int = 42) -> Snapshot:

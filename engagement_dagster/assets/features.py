@@ -31,6 +31,7 @@ class EngagementDbtTranslator(DagsterDbtTranslator):
     project=engagement_dbt,
     dagster_dbt_translator=EngagementDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)),
     partitions_def=weekly_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),  # one snapshot week per dbt invocation
 )
 def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     week_vars = json.dumps({"snapshot_week": context.partition_key})

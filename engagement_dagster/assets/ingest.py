@@ -39,6 +39,7 @@ def _previous_rows(lake: Lake, week: str) -> int | None:
     key=RAW_CUSTOMERS,
     group_name="ingest",
     partitions_def=weekly_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
     description="The week's customers in the data contract (DESIGN.md §4), validated and PII-free.",
     check_specs=[dg.AssetCheckSpec(name, asset=RAW_CUSTOMERS, blocking=True) for name in CHECK_NAMES],
     kinds={"python", "parquet"},

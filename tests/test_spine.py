@@ -1,0 +1,125 @@
+"""The spine end to end on small snapshots in a temporary lake: ingest → dbt features."""
+
+import json
+import re
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+
+from engagement_dagster.assets.features import dbt_features
+from engagement_dagster.assets.ingest import RAW_CUSTOMERS, raw_customers
+from engagement_dagster.contract import TARGETS
+from engagement_dagster.dbt_project import engagement_dbt
+from engagement_dagster.ingest import raw_key
+from engagement_dagster.resources import build_resources
+
+WEEK_1, WEEK_2 = "2026-11-02", "2026-11-09"
+N = 3_000
+
+
+def materialize(week, assets=(raw_customers, dbt_features), **config):
+    return dg.materialize(
+        list(assets), partition_key=week, resources=build_resources("local"),
+        run_config={"ops": {"ingest__raw_customers": {"config": {"n_customers": N, **config}}}}
+        if raw_customers in assets else None,
+        raise_on_error=False,
+    )
+
+
+def table(lake_dir, name):
+    with duckdb.connect(str(lake_dir / "warehouse.duckdb"), read_only=True) as con:
+        return con.sql(f"select * from main.{name}").df()
+
+
+def test_weekly_refresh_builds_features_with_a_stable_split(lake_dir, lake):
+    first = materialize(WEEK_1)
+    assert first.success
+    keys = {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()}
+    assert keys == {"ingest/raw_customers", "features/stg_customers", "features/customer_features",
+                    "features/customer_model_input"}
+    checks = first.get_asset_check_evaluations()
+    assert all(c.passed for c in checks)
+    assert {c.check_name for c in checks if c.asset_key == RAW_CUSTOMERS} == {
+        "schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change"}
+    assert any(c.asset_key.path[0] == "features" for c in checks)  # dbt tests surface as checks
+
+    raw = lake.read_parquet(raw_key(WEEK_1))
+    assert len(raw) == N and not {"email", "full_name", "phone"} & set(raw.columns)
+    assert lake.exists(f"oracle/customers/snapshot_week={WEEK_1}/truth.parquet")
+
+    model_input = table(lake_dir, "customer_model_input")
+    assert len(model_input) == N and model_input["customer_id"].is_unique
+    shares = model_input["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.70) < 0.04 and abs(shares["test"] - 0.15) < 0.04
+    split_1 = model_input.set_index("customer_id")["split"]
+
+    second = materialize(WEEK_2)
+    assert second.success
+    split_2 = table(lake_dir, "customer_model_input").set_index("customer_id")["split"]
+    common = split_1.index.intersection(split_2.index)
+    assert len(common) > 0.9 * N
+    assert (split_1[common] == split_2[common]).all()  # a customer never changes fold
+
+
+def test_bad_source_fails_clearly_and_keeps_the_previous_snapshot(lake_dir, lake, tmp_path):
+    assert materialize(WEEK_1, assets=(raw_customers,)).success
+    before = lake.read_bytes(raw_key(WEEK_1))
+
+    bad = lake.read_parquet(raw_key(WEEK_1))
+    bad.loc[5, "age"] = 400
+    bad_path = tmp_path / "bad_week.csv"
+    bad.to_csv(bad_path, index=False)
+    result = materialize(WEEK_1, assets=(raw_customers,), source_uri=str(bad_path))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert str(bad_path) in message and "'age'" in message and "above the maximum" in message
+    assert lake.read_bytes(raw_key(WEEK_1)) == before
+    assert not list(lake_dir.glob("raw/**/.*tmp"))  # no temporary file left behind
+
+
+def test_a_collapsed_row_count_blocks_the_features(lake_dir):
+    assert materialize(WEEK_1, assets=(raw_customers,)).success
+    result = materialize(WEEK_2, n_customers=N // 3)
+    failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    assert failed == ["row_count_change"]
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert built == {"ingest/raw_customers"}  # the blocking check stopped dbt
+
+
+def test_features_do_not_depend_on_targets(lake_dir, lake):
+    """Static: the feature model reads no target column. Behavioural: replacing every target
+    with noise leaves every feature value unchanged."""
+    nodes = json.loads(engagement_dbt.manifest_path.read_text())["nodes"]
+    features_node = nodes["model.engagement.customer_features"]
+    assert features_node["depends_on"]["nodes"] == ["model.engagement.stg_customers"]
+    words = set(re.findall(r"[a-z_0-9]+", re.sub(r"--[^\n]*", "", features_node["raw_code"].lower())))
+    assert not words & set(TARGETS)
+
+    assert materialize(WEEK_1).success
+    features = table(lake_dir, "customer_features").sort_values("customer_id", ignore_index=True)
+
+    raw = lake.read_parquet(raw_key(WEEK_1))
+    rng = np.random.default_rng(0)
+    raw["engagement_score"] = rng.uniform(0, 100, len(raw)).round(2)
+    raw["churn_30_day"] = rng.integers(0, 2, len(raw))
+    raw["lifetime_value_usd"] = rng.uniform(0, 1000, len(raw)).round(2)
+    raw["content_category_primary"] = rng.choice(["a", "b"], len(raw))
+    lake.write_parquet(raw_key(WEEK_1), raw)
+    assert materialize(WEEK_1, assets=(dbt_features,)).success
+
+    assert table(lake_dir, "customer_model_input")["content_category_primary"].isin(["a", "b"]).all()
+    again = table(lake_dir, "customer_features").sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(features, again)
+
+
+def test_model_ready_roles_come_from_dbt_yaml():
+    node = json.loads(engagement_dbt.manifest_path.read_text())["nodes"]["model.engagement.customer_model_input"]
+    roles = {name: col["meta"].get("role") for name, col in node["columns"].items()}
+    assert {n for n, r in roles.items() if r == "target"} == set(TARGETS)
+    assert roles["split"] == "split" and roles["customer_id"] == "id"
+    assert roles["gender"] == "protected" and roles["age_band"] == "protected"
+    inputs = {n for n, r in roles.items() if r in ("feature", "categorical")}
+    assert len(inputs) > 30 and not inputs & (set(TARGETS) | {"gender", "age_band", "customer_id"})
