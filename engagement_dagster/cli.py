@@ -7,18 +7,22 @@ the run, its asset materializations and checks show up in `make ui` afterwards.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import dagster as dg
 
 from engagement_dagster.partitions import weekly_partitions
-from engagement_dagster.settings import environment, lake_dir, warehouse_path
+from engagement_dagster.settings import PROJECT_ROOT, environment, lake_dir, warehouse_path
 
 
 def run(week: str | None, n_customers: int, source: str | None, seed: int) -> int:
     from engagement_dagster.definitions import defs  # imported here: dagster-dbt import takes seconds
 
+    # Runs land in the instance `make ui` opens, whether or not DAGSTER_HOME was set.
+    home = os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
+    os.makedirs(home, exist_ok=True)
     week = week or weekly_partitions.get_last_partition_key()
     config = {"n_customers": n_customers, "seed": seed, **({"source_uri": source} if source else {})}
     started = time.perf_counter()

@@ -41,6 +41,18 @@ CHANNELS = ("organic", "paid_social", "referral", "search", "partnership")
 TIERS = ("Nano", "Micro", "Mid", "Macro", "Mega")
 FIRST_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Riley", "Jamie", "Avery", "Quinn")
 LAST_NAMES = ("Smith", "Garcia", "Chen", "Okafor", "Müller", "Rossi", "Kim", "Silva", "Novak", "Khan")
+# Content taste is partly visible: latent traits, city and the hour a customer is active tilt it
+# (columns: activity, sociality, commerce, satisfaction, reach), the rest is idiosyncratic.
+TASTE_BY_TRAIT = {
+    "dating_tips": (0.0, 0.9, 0.0, 0.0, 0.0), "fitness": (0.9, 0.0, 0.0, 0.2, 0.0),
+    "food": (0.0, 0.3, 0.3, 0.3, 0.0), "gaming": (0.4, -0.8, 0.0, 0.0, 0.0),
+    "music": (0.0, 0.3, 0.0, 0.0, 0.5), "photography": (0.0, 0.0, 0.0, 0.0, 0.9),
+    "tech": (0.3, -0.4, 0.5, 0.0, 0.0), "travel": (0.0, 0.2, 0.6, 0.2, 0.0),
+    "fashion": (0.0, 0.5, 0.0, 0.0, 0.6), "career": (0.0, 0.0, 0.9, 0.0, 0.0),
+    "comedy": (0.0, 0.0, 0.0, 0.8, 0.0), "pets": (-0.4, 0.0, 0.0, 0.5, 0.0),
+}
+NIGHT_TASTE = {"gaming": 0.9, "music": 0.6, "comedy": 0.3}  # active 22:00–04:59
+MORNING_TASTE = {"fitness": 0.8, "career": 0.6, "food": 0.3}  # active 05:00–09:59
 ORACLE_COLUMNS = (
     "customer_id", "true_churn_probability", "expected_engagement_score", "expected_lifetime_value_usd",
     *(f"affinity_{c}" for c in CONTENT_CATEGORIES),
@@ -128,7 +140,15 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     risk = np.clip(30 - 12 * sat + 8 * rng.standard_normal(n), 0, 100)
     sentiment = np.clip(np.tanh(0.6 * sat + 0.3 * rng.standard_normal(n)), -1, 1)
     centrality = np.clip(_sigmoid(0.8 * soc + 0.5 * reach - 1 + 0.3 * rng.standard_normal(n)), 0, 1)
-    taste_probs = np.exp(t["taste"] * 1.2)
+    traits = np.column_stack([t["activity"], soc, com, sat, reach])
+    hour = t["peak_hour"]
+    night, morning = (hour >= 22) | (hour < 5), (hour >= 5) & (hour < 10)
+    city_taste = np.random.default_rng(np.random.SeedSequence([seed, 2])).normal(0, 0.6, (len(LOCATIONS), len(CONTENT_CATEGORIES)))
+    taste_logits = (0.8 * t["taste"] + traits @ np.array([TASTE_BY_TRAIT[c] for c in CONTENT_CATEGORIES]).T
+                    + city_taste[t["location"]]
+                    + night[:, None] * np.array([NIGHT_TASTE.get(c, 0.0) for c in CONTENT_CATEGORIES])
+                    + morning[:, None] * np.array([MORNING_TASTE.get(c, 0.0) for c in CONTENT_CATEGORIES]))
+    taste_probs = np.exp(taste_logits - taste_logits.max(axis=1, keepdims=True))
     taste_probs /= taste_probs.sum(axis=1, keepdims=True)
     diversity = np.clip(1 - taste_probs.max(axis=1) + 0.05 * rng.standard_normal(n), 0, 1)
     consistency = np.clip(_sigmoid(0.7 * act + 0.5 * sat + 0.4 * rng.standard_normal(n)), 0, 1)

@@ -1,0 +1,475 @@
+"""The six models: fit on `train`, early-stop and calibrate on `valid`, report on `test`.
+
+Knows nothing of Dagster or of where data lives. Every model has the same small interface:
+``fit(train, valid)``, ``predict(frame)``, ``evaluate(test)`` (test metrics plus naive baselines),
+``to_files()`` / ``from_files()`` for the registry. Supervised models are XGBoost (hist, native
+categoricals); segments are k-means, anomalies an isolation forest (scikit-learn).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import joblib
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.cluster import KMeans
+from sklearn.ensemble import IsolationForest
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import StandardScaler
+
+from engagement_dagster import metrics
+from engagement_dagster.feature_roles import FeatureRoles
+
+MAX_BIN = 64  # the same for every QuantileDMatrix of one booster
+SEED = 7
+
+
+@dataclass
+class FeatureSpec:
+    """What a model was trained on: input columns and the category levels of each categorical."""
+
+    numeric: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_training(cls, frame: pd.DataFrame, roles: FeatureRoles) -> FeatureSpec:
+        return cls(list(roles.features), {c: sorted(frame[c].dropna().astype(str).unique()) for c in roles.categoricals})
+
+    @property
+    def columns(self) -> list[str]:
+        return self.numeric + list(self.categories)
+
+    def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Model inputs in a fixed order; unseen category levels become missing values."""
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise KeyError(f"input frame lacks model columns {missing}")
+        out = frame[self.numeric].astype("float32")
+        for column, levels in self.categories.items():
+            out[column] = pd.Categorical(frame[column].astype(str), categories=levels)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({"numeric": self.numeric, "categories": self.categories}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        data = json.loads(text)
+        return cls(data["numeric"], data["categories"])
+
+
+def _booster_bytes(booster: xgb.Booster) -> bytes:
+    return bytes(booster.save_raw("ubj"))
+
+
+def _booster_from(data: bytes) -> xgb.Booster:
+    booster = xgb.Booster()
+    booster.load_model(bytearray(data))
+    return booster
+
+
+class ModelKind:
+    """Base of the six models."""
+
+    name: ClassVar[str]
+    target: ClassVar[str | None] = None
+    primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    description: ClassVar[str]
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec
+        self.info: dict = {}  # fit details for the model card (rounds, chosen k, …)
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> ModelKind:
+        raise NotImplementedError
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        raise NotImplementedError
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        """The same metrics for a naive model (constant prediction), for the promotion gate."""
+        raise NotImplementedError
+
+    def to_files(self) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> ModelKind:
+        raise NotImplementedError
+
+
+class _XGBoostModel(ModelKind):
+    params: ClassVar[dict] = {}
+    max_rounds: ClassVar[int] = 400
+
+    def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None):
+        super().__init__(spec)
+        self.booster = booster
+
+    def _label(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[self.target].to_numpy(dtype="float32")
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> _XGBoostModel:
+        dtrain = xgb.QuantileDMatrix(self.spec.matrix(train), self._label(train), enable_categorical=True, max_bin=MAX_BIN)
+        dvalid = xgb.QuantileDMatrix(self.spec.matrix(valid), self._label(valid), enable_categorical=True,
+                                     max_bin=MAX_BIN, ref=dtrain)
+        params = {"tree_method": "hist", "max_bin": MAX_BIN, "seed": SEED, "nthread": 0, **self.params}
+        self.booster = xgb.train(params, dtrain, self.max_rounds, evals=[(dvalid, "valid")],
+                                 early_stopping_rounds=25, verbose_eval=False)
+        # Keep only the trees up to the best iteration, so every later use sees the chosen model.
+        self.booster = self.booster[: self.booster.best_iteration + 1]
+        self.info["boosting_rounds"] = self.booster.num_boosted_rounds()
+        return self
+
+    def margin(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.inplace_predict(self.spec.matrix(frame), predict_type="margin")
+
+    def raw_predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.inplace_predict(self.spec.matrix(frame))
+
+    def contributions(self, frame: pd.DataFrame, approximate: bool) -> np.ndarray:
+        """Per-feature contributions to the margin, last column the bias. Exact TreeSHAP, or
+        Saabas (approximate=True), which is ~100× cheaper for whole weekly batches."""
+        dmatrix = xgb.DMatrix(self.spec.matrix(frame), enable_categorical=True)
+        return self.booster.predict(dmatrix, pred_contribs=True, approx_contribs=approximate)
+
+    def global_importance(self, frame: pd.DataFrame, rows: int = 1000) -> dict[str, float]:
+        """Mean |exact SHAP| per feature on a sample, largest first."""
+        sample = frame.sample(min(rows, len(frame)), random_state=SEED)
+        contrib = np.abs(self.contributions(sample, approximate=False))
+        if contrib.ndim == 3:  # multiclass: (rows, classes, features + 1)
+            contrib = contrib.sum(axis=1)
+        mean = contrib[:, :-1].mean(axis=0)
+        order = np.argsort(-mean)
+        return {self.spec.columns[i]: float(mean[i]) for i in order}
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"model.ubj": _booster_bytes(self.booster), "features.json": self.spec.to_json().encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> _XGBoostModel:
+        return cls(FeatureSpec.from_json(files["features.json"].decode()), _booster_from(files["model.ubj"]))
+
+
+class EngagementModel(_XGBoostModel):
+    name = "engagement_model"
+    target = "engagement_score"
+    primary_metric, higher_is_better = "rmse", False
+    description = "XGBoost regression of the engagement score (0–100), squared error."
+    params = {"objective": "reg:squarederror", "eta": 0.15, "max_depth": 5, "min_child_weight": 20,
+              "subsample": 0.8, "colsample_bytree": 0.8}
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"predicted_engagement_score": np.clip(self.raw_predict(frame), 0, 100)}, index=frame.index)
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        return metrics.regression(test[self.target], self.predict(test)["predicted_engagement_score"])
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        return metrics.regression(test[self.target], np.full(len(test), train[self.target].mean()))
+
+
+class LtvModel(_XGBoostModel):
+    name = "ltv_model"
+    target = "lifetime_value_usd"
+    primary_metric, higher_is_better = "mae", False
+    # LTV is right-skewed and can be 0: a Tweedie loss (log link) models the mean directly, with no
+    # retransformation bias of a log-target regression.
+    description = "XGBoost regression of lifetime value (USD), Tweedie loss with log link (power 1.8)."
+    params = {"objective": "reg:tweedie", "tweedie_variance_power": 1.8, "eta": 0.15, "max_depth": 5,
+              "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"predicted_lifetime_value_usd": self.raw_predict(frame)}, index=frame.index)
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        pred = self.predict(test)["predicted_lifetime_value_usd"].to_numpy()
+        out = metrics.regression(test[self.target], pred)
+        out["rmse_log1p"] = metrics.regression(np.log1p(test[self.target]), np.log1p(pred))["rmse"]
+        return out
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        # The median is the best constant for MAE.
+        const = np.full(len(test), train[self.target].median())
+        out = metrics.regression(test[self.target], const)
+        out["rmse_log1p"] = metrics.regression(np.log1p(test[self.target]), np.log1p(const))["rmse"]
+        return out
+
+
+class ChurnModel(_XGBoostModel):
+    name = "churn_model"
+    target = "churn_30_day"
+    primary_metric, higher_is_better = "auc", True
+    description = ("XGBoost binary classifier of 30-day churn (classes not rebalanced), probabilities "
+                   "calibrated by isotonic regression on the valid split.")
+    params = {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.1, "max_depth": 4,
+              "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
+
+    def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None,
+                 calibration: tuple[list[float], list[float]] | None = None):
+        super().__init__(spec, booster)
+        self.calibration = calibration
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> ChurnModel:
+        super().fit(train, valid)
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        iso.fit(self.raw_predict(valid), self._label(valid))
+        self.calibration = (iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
+        return self
+
+    def probability(self, frame: pd.DataFrame) -> np.ndarray:
+        x, y = self.calibration
+        return np.interp(self.raw_predict(frame), x, y)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"churn_probability": self.probability(frame)}, index=frame.index)
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        return metrics.binary(test[self.target].to_numpy(), self.probability(test))
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        return metrics.binary(test[self.target].to_numpy(), np.full(len(test), train[self.target].mean()))
+
+    def to_files(self) -> dict[str, bytes]:
+        x, y = self.calibration
+        return {**super().to_files(), "calibration.json": json.dumps({"x": x, "y": y}).encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> ChurnModel:
+        cal = json.loads(files["calibration.json"])
+        return cls(FeatureSpec.from_json(files["features.json"].decode()), _booster_from(files["model.ubj"]),
+                   (cal["x"], cal["y"]))
+
+
+class ContentRecommender(_XGBoostModel):
+    name = "content_recommender"
+    target = "content_category_primary"
+    primary_metric, higher_is_better = "top3_accuracy", True
+    description = "XGBoost multiclass (softmax) over content categories, served as the top 3 categories."
+    params = {"objective": "multi:softprob", "eval_metric": "mlogloss", "eta": 0.3, "max_depth": 4,
+              "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
+    max_rounds = 150  # one tree per class per round: 12 classes cost 12× a binary round
+
+    def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None, classes: list[str] | None = None):
+        super().__init__(spec, booster)
+        self.classes = classes
+
+    def _label(self, frame: pd.DataFrame) -> np.ndarray:
+        codes = pd.Categorical(frame[self.target], categories=self.classes).codes
+        return codes.astype("float32")
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> ContentRecommender:
+        self.classes = sorted(train[self.target].astype(str).unique())
+        valid = valid[valid[self.target].isin(self.classes)]
+        self.params = {**self.params, "num_class": len(self.classes)}
+        return super().fit(train, valid)
+
+    def proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.raw_predict(frame).reshape(len(frame), len(self.classes))
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        top = np.argsort(-self.proba(frame), axis=1)[:, :3]
+        names = np.array(self.classes)[top]
+        return pd.DataFrame({f"recommended_category_{i + 1}": names[:, i] for i in range(3)}, index=frame.index)
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        codes = self._label(test).astype(int)
+        proba = self.proba(test)
+        return {"top1_accuracy": metrics.top_k_accuracy(codes, proba, 1),
+                "top3_accuracy": metrics.top_k_accuracy(codes, proba, 3)}
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        freq = train[self.target].value_counts(normalize=True).reindex(self.classes, fill_value=0).to_numpy()
+        proba = np.tile(freq, (len(test), 1))  # always the most popular categories
+        codes = self._label(test).astype(int)
+        return {"top1_accuracy": metrics.top_k_accuracy(codes, proba, 1),
+                "top3_accuracy": metrics.top_k_accuracy(codes, proba, 3)}
+
+    def to_files(self) -> dict[str, bytes]:
+        return {**super().to_files(), "classes.json": json.dumps(self.classes).encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> ContentRecommender:
+        return cls(FeatureSpec.from_json(files["features.json"].decode()), _booster_from(files["model.ubj"]),
+                   json.loads(files["classes.json"]))
+
+
+# Behavioural dimensions a segment is described by, with the name a high value earns.
+SEGMENT_DIMENSIONS = {
+    "log_weekly_minutes": "Heavy users",
+    "log_total_connections": "Connectors",
+    "log_followers": "Influencers",
+    "posts_last_30_days": "Creators",
+    "swipes_right_last_30_days": "Daters",
+    "gig_applications_sent": "Gig seekers",
+    "log_revenue_90d": "Spenders",
+    "premium_features_used_count": "Premium explorers",
+}
+
+
+def _sklearn_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    return buffer.getvalue()
+
+
+def _sklearn_from(data: bytes):
+    return joblib.load(io.BytesIO(data))
+
+
+class SegmentModel(ModelKind):
+    name = "segment_model"
+    primary_metric, higher_is_better = "silhouette", True
+    description = ("k-means on standardized behavioural features; k in 3..8 chosen by the highest "
+                   "silhouette score on a sample of the train split; each segment named from its profile.")
+    k_range = range(3, 9)
+
+    def __init__(self, spec: FeatureSpec, scaler=None, kmeans=None, names: list[str] | None = None,
+                 profiles: list[dict] | None = None):
+        super().__init__(spec)
+        self.scaler, self.kmeans, self.names, self.profiles = scaler, kmeans, names, profiles
+
+    @classmethod
+    def spec_for(cls, roles: FeatureRoles) -> FeatureSpec:
+        missing = [c for c in SEGMENT_DIMENSIONS if c not in roles.features]
+        if missing:
+            raise KeyError(f"segment features missing from the model-ready table: {missing}")
+        return FeatureSpec(list(SEGMENT_DIMENSIONS))
+
+    def _scaled(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.scaler.transform(self.spec.matrix(frame).fillna(0).to_numpy())
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> SegmentModel:
+        sample = train.sample(min(len(train), 20_000), random_state=SEED)
+        self.scaler = StandardScaler().fit(self.spec.matrix(sample).fillna(0).to_numpy())
+        x = self._scaled(sample)
+        probe = x[:4000]
+        scores = {}
+        for k in self.k_range:
+            labels = KMeans(k, n_init=3, random_state=SEED).fit_predict(x)
+            scores[k] = float(silhouette_score(probe, labels[:4000]))
+        best_k = max(scores, key=scores.get)
+        self.kmeans = KMeans(best_k, n_init=5, random_state=SEED).fit(x)
+        self.info.update({"k": best_k, "silhouette_by_k": scores})
+        self.names, self.profiles = self._describe(self.kmeans.cluster_centers_, np.bincount(self.kmeans.labels_))
+        return self
+
+    @staticmethod
+    def _describe(centers: np.ndarray, sizes: np.ndarray) -> tuple[list[str], list[dict]]:
+        dims = list(SEGMENT_DIMENSIONS)
+        names, profiles = [], []
+        for center in centers:
+            order = np.argsort(-center)
+            if center[order[0]] < 0.25:
+                name = "Dormant" if center.mean() < -0.5 else "Casual"
+            else:
+                name = SEGMENT_DIMENSIONS[dims[order[0]]]
+                if center[order[1]] >= 0.25:
+                    name += " & " + SEGMENT_DIMENSIONS[dims[order[1]]].lower()
+            names.append(name)
+        for i, name in enumerate(names):  # keep names unique
+            if names.count(name) > 1:
+                names[i] = f"{name} {names[: i + 1].count(name)}"
+        total = sizes.sum()
+        for center, name, size in zip(centers, names, sizes):
+            profiles.append({"name": name, "share": float(size / total),
+                             "profile_z": {d: round(float(v), 2) for d, v in zip(dims, center)}})
+        return names, profiles
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        labels = self.kmeans.predict(self._scaled(frame))
+        return pd.DataFrame({"segment_id": labels.astype("int32"), "segment": np.array(self.names)[labels]},
+                            index=frame.index)
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        sample = test.sample(min(len(test), 4000), random_state=SEED)
+        x = self._scaled(sample)
+        labels = self.kmeans.predict(x)
+        score = float(silhouette_score(x, labels)) if len(set(labels)) > 1 else 0.0
+        return {"silhouette": score, "k": float(self.kmeans.n_clusters)}
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        # A clustering that means nothing: random labels score about 0 (or below).
+        return {"silhouette": 0.0, "k": float(self.kmeans.n_clusters)}
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"model.joblib": _sklearn_bytes({"scaler": self.scaler, "kmeans": self.kmeans}),
+                "segments.json": json.dumps(self.profiles, indent=2).encode(),
+                "features.json": self.spec.to_json().encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> SegmentModel:
+        parts = _sklearn_from(files["model.joblib"])
+        profiles = json.loads(files["segments.json"])
+        return cls(FeatureSpec.from_json(files["features.json"].decode()), parts["scaler"], parts["kmeans"],
+                   [p["name"] for p in profiles], profiles)
+
+
+class AnomalyModel(ModelKind):
+    name = "anomaly_model"
+    primary_metric, higher_is_better = "flagged_share", False
+    contamination = 0.02
+    description = ("Isolation forest (200 trees) on the numeric features; flags the 2% most isolated "
+                   "customers of the training data's score distribution.")
+
+    def __init__(self, spec: FeatureSpec, forest: IsolationForest | None = None, medians: dict | None = None):
+        super().__init__(spec)
+        self.forest, self.medians = forest, medians
+
+    def _x(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.spec.matrix(frame).fillna(self.medians).to_numpy()
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> AnomalyModel:
+        numeric = self.spec.matrix(train)
+        self.medians = {c: float(v) for c, v in numeric.median().items()}
+        self.forest = IsolationForest(n_estimators=200, max_samples=512, contamination=self.contamination,
+                                      random_state=SEED, n_jobs=-1).fit(self._x(train))
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        x = self._x(frame)
+        score = -self.forest.score_samples(x)  # higher = more anomalous
+        return pd.DataFrame({"anomaly_score": score, "is_anomaly": self.forest.predict(x) == -1}, index=frame.index)
+
+    def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        return {"flagged_share": float(self.predict(test)["is_anomaly"].mean())}
+
+    def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+        return {"flagged_share": self.contamination}
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"model.joblib": _sklearn_bytes({"forest": self.forest, "medians": self.medians}),
+                "features.json": self.spec.to_json().encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> AnomalyModel:
+        parts = _sklearn_from(files["model.joblib"])
+        return cls(FeatureSpec.from_json(files["features.json"].decode()), parts["forest"], parts["medians"])
+
+
+MODEL_KINDS: dict[str, type[ModelKind]] = {
+    kind.name: kind for kind in (EngagementModel, ChurnModel, LtvModel, ContentRecommender, SegmentModel, AnomalyModel)
+}
+
+
+def new_model(name: str, train: pd.DataFrame, roles: FeatureRoles) -> ModelKind:
+    kind = MODEL_KINDS[name]
+    if kind is SegmentModel:
+        return SegmentModel(SegmentModel.spec_for(roles))
+    if kind is AnomalyModel:
+        return AnomalyModel(FeatureSpec(list(roles.features)))
+    return kind(FeatureSpec.from_training(train, roles))
+
+
+def splits(frame: pd.DataFrame, roles: FeatureRoles) -> dict[str, pd.DataFrame]:
+    return {name: part.reset_index(drop=True) for name, part in frame.groupby(roles.split)}
