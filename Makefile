@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DAGSTER_HOME := $(abspath .dagster_home)
+# dbt re-parses the whole project when an env var its profile reads changes between the
+# manifest build and a run: build the manifest with the lake the run will use.
+export ENGAGEMENT_LAKE_DIR ?= $(abspath .lake)
 STAMP := $(VENV)/.installed
 MANIFEST := dbt_project/target/manifest.json
 CUSTOMERS ?= 100000

@@ -7,6 +7,7 @@ the run, its asset materializations and checks show up in `make ui` afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -17,7 +18,21 @@ from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.settings import PROJECT_ROOT, environment, lake_dir, warehouse_path
 
 
-def run(week: str | None, n_customers: int, source: str | None, seed: int) -> int:
+def step_seconds(result: dg.ExecuteInProcessResult) -> dict[str, float]:
+    """Wall seconds of each step (ingest, dbt features, training, scoring, dbt scoring)."""
+    starts, seconds = {}, {}
+    for entry in dg.DagsterInstance.get().all_logs(result.run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in starts:
+            seconds[event.step_key] = entry.timestamp - starts[event.step_key]
+    return seconds
+
+
+def run(week: str | None, n_customers: int, source: str | None, seed: int, timings_json: str | None = None) -> int:
     from engagement_dagster.definitions import defs  # imported here: dagster-dbt import takes seconds
 
     # Runs land in the instance `make ui` opens, whether or not DAGSTER_HOME was set.
@@ -34,6 +49,10 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int) -> in
     )
     elapsed = time.perf_counter() - started
     print(summary(result, week, elapsed))
+    if timings_json:
+        with open(timings_json, "w") as handle:
+            json.dump({"week": week, "customers": n_customers, "success": result.success,
+                       "job_seconds": elapsed, "steps": step_seconds(result)}, handle, indent=2)
     return 0 if result.success else 1
 
 
@@ -48,6 +67,7 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str
         rows[mat.asset_key.to_user_string()] = count.value if count is not None else None
     lines = [
         f"weekly refresh for snapshot week {week} ({environment()}): {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s",
+        "  steps: " + ", ".join(f"{step} {sec:.1f} s" for step, sec in step_seconds(result).items()),
         f"  assets materialized: {len(materialized)}",
         *(f"    {key:<40} {'' if n is None else f'{n:,} rows'}" for key, n in sorted(rows.items())),
         f"  asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed"
@@ -67,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--customers", type=int, default=100_000, help="synthetic customers (default 100000)")
     run_parser.add_argument("--source", help="CSV/Parquet path or URI instead of the synthetic generator")
     run_parser.add_argument("--seed", type=int, default=42)
+    run_parser.add_argument("--timings-json", help="write step timings to this file (used by `make bench`)")
     args = parser.parse_args(argv)
-    return run(args.week, args.customers, args.source, args.seed)
+    return run(args.week, args.customers, args.source, args.seed, args.timings_json)
 
 
 if __name__ == "__main__":

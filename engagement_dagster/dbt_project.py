@@ -6,8 +6,11 @@ from pathlib import Path
 
 from dagster_dbt import DbtProject
 
+from engagement_dagster.settings import dbt_target
+
 engagement_dbt = DbtProject(
     project_dir=Path(__file__).resolve().parent.parent / "dbt_project",
     profiles_dir=Path(__file__).resolve().parent.parent / "dbt_project",
+    target=dbt_target(),
 )
 engagement_dbt.prepare_if_dev()

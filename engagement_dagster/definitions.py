@@ -1,25 +1,37 @@
-"""The code location: assets, checks, the weekly refresh job and its schedule, resources."""
+"""The code location: assets, checks, jobs, the weekly schedule, resources."""
 
 import dagster as dg
 
-from engagement_dagster.assets.features import dbt_features
+from engagement_dagster.assets.dbt import dbt_features, dbt_scoring
 from engagement_dagster.assets.ingest import raw_customers
+from engagement_dagster.assets.models import train_models
+from engagement_dagster.assets.scoring import customer_predictions
 from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.resources import build_resources
 
-# The whole graph, one partition (snapshot week) per run. In-process: dbt and the models share
-# one Python process instead of re-importing the code location per step.
-weekly_refresh = dg.define_asset_job(
-    "weekly_refresh",
-    selection=dg.AssetSelection.all(),
-    partitions_def=weekly_partitions,
-    executor_def=dg.in_process_executor,
-    description="Ingest → dbt features for one snapshot week.",
-)
+# Fargate size for the heavy work: 16 vCPU / 64 GB. Run-level tags, because the EcsRunLauncher
+# does not read ECS tags from single assets.
+HEAVY_RUN_TAGS = {"ecs/cpu": "16384", "ecs/memory": "65536"}
+
+
+def _job(name: str, selection: dg.AssetSelection, description: str, tags: dict | None = None):
+    # In-process: dbt and the models share one Python process instead of re-importing the code
+    # location for every step (which costs seconds each).
+    return dg.define_asset_job(name, selection=selection, partitions_def=weekly_partitions,
+                               executor_def=dg.in_process_executor, description=description, tags=tags)
+
+
+weekly_refresh = _job("weekly_refresh", dg.AssetSelection.all(),
+                      "The whole graph for one snapshot week: ingest → dbt features → six models → scoring → marts.",
+                      HEAVY_RUN_TAGS)
+training_job = _job("training", dg.AssetSelection.groups("models"),
+                    "Retrain the six models on the week's model-ready table (promotion through the gate).", HEAVY_RUN_TAGS)
+scoring_job = _job("scoring", dg.AssetSelection.groups("scoring"),
+                   "Score every customer with the champions and rebuild the marts.", HEAVY_RUN_TAGS)
 
 defs = dg.Definitions(
-    assets=[raw_customers, dbt_features],
-    jobs=[weekly_refresh],
+    assets=[raw_customers, dbt_features, train_models, customer_predictions, dbt_scoring],
+    jobs=[weekly_refresh, training_job, scoring_job],
     # Monday 06:00 UTC, for the week that just closed.
     schedules=[dg.build_schedule_from_partitioned_job(weekly_refresh, name="weekly_refresh_schedule")],
     resources=build_resources(),

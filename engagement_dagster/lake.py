@@ -38,6 +38,9 @@ class Lake(dg.ConfigurableResource):
     def uri(self, key: str) -> str:
         raise NotImplementedError
 
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
     def write_parquet(self, key: str, frame: pd.DataFrame) -> str:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
@@ -85,6 +88,9 @@ class LocalLake(Lake):
     def uri(self, key: str) -> str:
         return str(self._path(key))
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
 
 class S3Lake(Lake):
     bucket: str = Field(description="S3 bucket of the lake.")
@@ -117,3 +123,6 @@ class S3Lake(Lake):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def delete(self, key: str) -> None:
+        self._client().delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -24,3 +24,9 @@ def lake_dir() -> Path:
 def warehouse_path() -> Path:
     """The local DuckDB warehouse file, inside the lake so one directory holds a whole run."""
     return lake_dir() / "warehouse.duckdb"
+
+
+def dbt_target() -> str:
+    """dbt profile target of the environment. The manifest must be parsed with the same target
+    (and lake env var) the runs use, or dbt discards partial parsing on every run."""
+    return "prod" if environment() == "aws" else "local"

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engagement_dagster.assets.features import dbt_features
+from engagement_dagster.assets.dbt import dbt_features
 from engagement_dagster.assets.ingest import RAW_CUSTOMERS, raw_customers
 from engagement_dagster.contract import TARGETS
 from engagement_dagster.dbt_project import engagement_dbt

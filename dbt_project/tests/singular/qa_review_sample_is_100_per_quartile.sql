@@ -1,0 +1,8 @@
+-- Fails when a quartile of qa_review_sample does not hold exactly 100 rows (for weeks with at
+-- least 400 customers, every quartile has 100 to draw from).
+{{ config(tags=["scoring"], meta={"dagster": {"ref": {"name": "qa_review_sample"}}}) }}
+select engagement_quartile, count(*) as sampled
+from {{ ref('qa_review_sample') }}
+group by engagement_quartile
+having count(*) <> 100
+   and (select count(*) from {{ ref('predictions_final') }}) >= 400

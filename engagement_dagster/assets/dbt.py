@@ -1,0 +1,65 @@
+"""The dbt models as Dagster assets, every dbt test shown as an asset check.
+
+Two selections of one dbt project, because Python assets sit between them:
+`features` (staging → customer_features → customer_model_input) feeds the models;
+`scoring` (predictions_final, qa_review_sample, marts) reads the predictions they produce.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+
+from engagement_dagster.dbt_project import engagement_dbt
+from engagement_dagster.partitions import weekly_partitions
+
+
+class EngagementDbtTranslator(DagsterDbtTranslator):
+    """Models land in the group named by their dbt tag (`features` or `scoring`), which is also
+    their key prefix; sources keep the key their YAML gives (`meta.dagster.asset_key`), which ties
+    dbt to `ingest/raw_customers` and `scoring/customer_predictions`."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return "scoring" if "scoring" in dbt_resource_props.get("tags", []) else "features"
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return super().get_asset_key(dbt_resource_props)
+        return dg.AssetKey([self.get_group_name(dbt_resource_props), dbt_resource_props["name"]])
+
+
+SNAPSHOT_WEEK_ENV = "ENGAGEMENT_SNAPSHOT_WEEK"
+TRANSLATOR = EngagementDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    # dagster-dbt hands dbt a copy of os.environ: set the week there for this invocation only.
+    previous = os.environ.get(SNAPSHOT_WEEK_ENV)
+    os.environ[SNAPSHOT_WEEK_ENV] = context.partition_key
+    try:
+        yield from dbt.cli(["build"], context=context).stream()
+    finally:
+        if previous is None:
+            os.environ.pop(SNAPSHOT_WEEK_ENV, None)
+        else:
+            os.environ[SNAPSHOT_WEEK_ENV] = previous
+
+
+@dbt_assets(
+    manifest=engagement_dbt.manifest_path, project=engagement_dbt, dagster_dbt_translator=TRANSLATOR,
+    select="tag:features", name="dbt_features",
+    partitions_def=weekly_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),  # one week per dbt call
+)
+def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    yield from _build(context, dbt)
+
+
+@dbt_assets(
+    manifest=engagement_dbt.manifest_path, project=engagement_dbt, dagster_dbt_translator=TRANSLATOR,
+    select="tag:scoring", name="dbt_scoring",
+    partitions_def=weekly_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),
+)
+def dbt_scoring(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    yield from _build(context, dbt)

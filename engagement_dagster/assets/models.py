@@ -1,0 +1,84 @@
+"""`models` stage: the six models, trained from the dbt model-ready table, registered in the
+lake, promoted only through a blocking `promotion_gate` check."""
+
+import dagster as dg
+from pydantic import Field
+
+from engagement_dagster import evaluation
+from engagement_dagster.dbt_project import engagement_dbt
+from engagement_dagster.feature_roles import MODEL_INPUT, read_roles
+from engagement_dagster.ingest import oracle_key
+from engagement_dagster.lake import Lake
+from engagement_dagster.partitions import weekly_partitions
+from engagement_dagster.registry import ModelRegistry, data_fingerprint, promotion_decision
+from engagement_dagster.training import MODEL_KINDS, new_model, splits
+from engagement_dagster.warehouse import Warehouse
+
+MODEL_INPUT_KEY = dg.AssetKey(["features", MODEL_INPUT])
+MODEL_KEYS = {name: dg.AssetKey(["models", name]) for name in MODEL_KINDS}
+
+
+class TrainingConfig(dg.Config):
+    promotion_tolerance: float = Field(
+        default=0.02, description="How much worse (relative) than the champion a challenger may be on the primary metric.")
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(key, deps=[MODEL_INPUT_KEY], group_name="models", description=MODEL_KINDS[name].description,
+                        kinds={"xgboost"} if name not in ("segment_model", "anomaly_model") else {"scikitlearn"},
+                        partitions_def=weekly_partitions, skippable=True)
+           for name, key in MODEL_KEYS.items()],
+    check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, blocking=True,
+                                   description="beats the naive baseline and is not worse than the champion beyond the tolerance")
+                 for key in MODEL_KEYS.values()],
+    can_subset=True,
+    partitions_def=weekly_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    name="train_models",
+)
+def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake: Lake, warehouse: Warehouse):
+    """One read of the model-ready table, then each selected model in turn."""
+    week = context.partition_key
+    roles = read_roles(engagement_dbt.manifest_path)
+    frame = warehouse.read_table(MODEL_INPUT)
+    parts = splits(frame, roles)
+    oracle = lake.read_parquet(oracle_key(week)) if lake.exists(oracle_key(week)) else None
+    registry = ModelRegistry(lake)
+    for name, key in MODEL_KEYS.items():
+        if key not in context.selected_asset_keys:
+            continue
+        model = new_model(name, parts["train"], roles).fit(parts["train"], parts["valid"])
+        rep = evaluation.report(model, parts, roles, oracle)
+        pointer = registry.champion(name)
+        champion_metrics = None
+        if pointer is not None:
+            try:  # the champion, scored on this week's test rows: a like-for-like comparison
+                champion_metrics = registry.load(name, pointer["version"]).evaluate(parts["test"])
+            except KeyError as exc:  # the feature table lost a column the champion needs
+                context.log.warning(f"{name}: champion {pointer['version']} cannot score this table ({exc}); "
+                                    "comparing with the baseline only")
+        rep["champion_on_this_test"] = champion_metrics
+        decision = promotion_decision(type(model), rep["test"], rep["baseline"], champion_metrics,
+                                      config.promotion_tolerance)
+        fingerprint = data_fingerprint(parts["train"])
+        card = evaluation.model_card(rep, decision, week, fingerprint)
+        version = registry.register(model, rep, card, fingerprint)
+        if decision.promote:
+            registry.promote(name, version, decision)
+        champion = version if decision.promote else (pointer or {}).get("version", "none")
+        yield dg.MaterializeResult(asset_key=key, metadata={
+            "version": version,
+            "promoted": decision.promote,
+            "champion_version": champion,
+            **{f"test_{m}": float(v) for m, v in rep["test"].items()},
+            **{f"baseline_{m}": float(v) for m, v in rep["baseline"].items()},
+            **{f"oracle_{m}": float(v) for m, v in (rep["oracle_ceiling"] or {}).items()},
+            **{k: float(v) for k, v in rep["fairness"].items()},
+            "model_card": dg.MetadataValue.md(card),
+        })
+        yield dg.AssetCheckResult(asset_key=key, check_name="promotion_gate", passed=decision.promote,
+                                  severity=dg.AssetCheckSeverity.ERROR, description=decision.reason,
+                                  metadata={"metric": decision.metric, "challenger": decision.challenger,
+                                            "baseline": decision.baseline,
+                                            "champion": decision.champion if decision.champion is not None else float("nan"),
+                                            "tolerance": decision.tolerance})

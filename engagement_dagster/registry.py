@@ -1,0 +1,121 @@
+"""A model registry in the lake (DESIGN.md §7) and the promotion gate.
+
+    models/<name>/<version>/{model files, features.json, metrics.json, card.md, version.json}
+    models/<name>/champion.json
+
+A version is complete once its `version.json` (the list of its files) exists: it is written last,
+so a crash mid-way leaves an incomplete version that nothing lists or loads. The champion
+pointer is one atomic write. Scoring always loads champions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from engagement_dagster.lake import Lake
+from engagement_dagster.training import MODEL_KINDS, ModelKind
+
+DEFAULT_TOLERANCE = 0.02  # a challenger may be at most 2% worse than the champion (relative)
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over the rows and column names of a frame: identifies the exact training data."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger: float
+    baseline: float
+    champion: float | None
+    tolerance: float
+
+
+def _better(a: float, b: float, higher_is_better: bool) -> bool:
+    return a > b if higher_is_better else a < b
+
+
+def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, champion: dict | None,
+                       tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+    """Promote when the challenger beats the naive baseline on the primary metric and, if there is
+    a champion (evaluated on the same test rows), is not worse than it by more than `tolerance`."""
+    metric, higher = kind.primary_metric, kind.higher_is_better
+    value, base = challenger[metric], baseline[metric]
+    champ = None if champion is None else champion[metric]
+
+    def decision(promote: bool, reason: str) -> GateDecision:
+        return GateDecision(promote, reason, metric, value, base, champ, tolerance)
+
+    if kind.name == "anomaly_model":  # no "better" for a flag rate: it must stay near the target rate
+        ok = 0.5 * base <= value <= 2 * base
+        return decision(ok, f"flagged share {value:.2%} {'within' if ok else 'outside'} [{0.5 * base:.2%}, {2 * base:.2%}]")
+    if not _better(value, base, higher):
+        return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}")
+    if champ is None:
+        return decision(True, f"first version: {metric} {value:.4g} beats the naive baseline {base:.4g}")
+    limit = champ * (1 - tolerance) if higher else champ * (1 + tolerance)
+    if _better(limit, value, higher):
+        return decision(False, f"{metric} {value:.4g} is worse than the champion's {champ:.4g} beyond {tolerance:.0%}")
+    return decision(True, f"{metric} {value:.4g} vs champion {champ:.4g} (tolerance {tolerance:.0%}) and baseline {base:.4g}")
+
+
+class ModelRegistry:
+    def __init__(self, lake: Lake):
+        self.lake = lake
+
+    @staticmethod
+    def _dir(name: str, version: str) -> str:
+        return f"models/{name}/{version}"
+
+    def register(self, model: ModelKind, metrics: dict, card: str, fingerprint: str) -> str:
+        now = dt.datetime.now(dt.timezone.utc)
+        version = f"{now:%Y%m%dT%H%M%S%f}Z-{fingerprint[:8]}"  # sorts by time
+        files = {**model.to_files(), "metrics.json": json.dumps(metrics, indent=2, default=float).encode(),
+                 "card.md": card.encode()}
+        base = self._dir(model.name, version)
+        for file_name, data in files.items():
+            self.lake.write_bytes(f"{base}/{file_name}", data)
+        meta = {"name": model.name, "version": version, "created_at": now.isoformat(), "files": sorted(files),
+                "training_data_fingerprint": fingerprint}
+        self.lake.write_bytes(f"{base}/version.json", json.dumps(meta, indent=2).encode())
+        return version
+
+    def versions(self, name: str) -> list[str]:
+        keys = self.lake.list_keys(f"models/{name}/")
+        return sorted(k.split("/")[2] for k in keys if k.endswith("/version.json"))
+
+    def champion(self, name: str) -> dict | None:
+        key = f"models/{name}/champion.json"
+        return json.loads(self.lake.read_bytes(key)) if self.lake.exists(key) else None
+
+    def promote(self, name: str, version: str, decision: GateDecision) -> None:
+        if version not in self.versions(name):
+            raise KeyError(f"{name} has no complete version {version}")
+        pointer = {"name": name, "version": version, "promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                   "decision": asdict(decision)}
+        self.lake.write_bytes(f"models/{name}/champion.json", json.dumps(pointer, indent=2).encode())
+
+    def metrics(self, name: str, version: str) -> dict:
+        return json.loads(self.lake.read_bytes(f"{self._dir(name, version)}/metrics.json"))
+
+    def load(self, name: str, version: str) -> ModelKind:
+        base = self._dir(name, version)
+        meta = json.loads(self.lake.read_bytes(f"{base}/version.json"))
+        files = {f: self.lake.read_bytes(f"{base}/{f}") for f in meta["files"] if f not in ("metrics.json", "card.md")}
+        return MODEL_KINDS[name].from_files(files)
+
+    def load_champion(self, name: str) -> tuple[ModelKind, str]:
+        pointer = self.champion(name)
+        if pointer is None:
+            raise LookupError(f"{name} has no champion yet: train it and pass the promotion gate first")
+        return self.load(name, pointer["version"]), pointer["version"]
