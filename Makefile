@@ -12,7 +12,7 @@ MANIFEST := dbt_project/target/manifest.json
 CUSTOMERS ?= 100000
 WEEK ?=
 
-.PHONY: setup run test ui manifest clean
+.PHONY: setup run test ui bench manifest clean
 
 setup: $(STAMP) $(MANIFEST)
 
@@ -37,9 +37,15 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Full weekly refresh, timed per stage; BENCH_CUSTOMERS="100000 1000000" for the larger size.
+BENCH_CUSTOMERS ?= 100000
+BENCH_REPEAT ?= 3
+bench: $(STAMP)
+	$(BIN)/python -m engagement_dagster.bench --customers $(BENCH_CUSTOMERS) --repeat $(BENCH_REPEAT)
+
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -m engagement_dagster.definitions -h 127.0.0.1 -p 3000
 
 clean:
-	rm -rf .lake .dagster_home dbt_project/target dbt_project/logs
+	rm -rf .lake .lake-bench .dagster_home dbt_project/target dbt_project/target-bench dbt_project/logs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -52,7 +53,10 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
     if timings_json:
         with open(timings_json, "w") as handle:
             json.dump({"week": week, "customers": n_customers, "success": result.success,
-                       "job_seconds": elapsed, "steps": step_seconds(result)}, handle, indent=2)
+                       "job_seconds": elapsed, "steps": step_seconds(result),
+                       # ru_maxrss is in KiB on Linux. (dbt subprocesses are far smaller.)
+                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+                      handle, indent=2)
     return 0 if result.success else 1
 
 

@@ -1,6 +1,8 @@
 """`models` stage: the six models, trained from the dbt model-ready table, registered in the
 lake, promoted only through a blocking `promotion_gate` check."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dagster as dg
 from pydantic import Field
 
@@ -37,48 +39,59 @@ class TrainingConfig(dg.Config):
     name="train_models",
 )
 def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake: Lake, warehouse: Warehouse):
-    """One read of the model-ready table, then each selected model in turn."""
+    """One read of the model-ready table, then every selected model. Two worker threads: XGBoost
+    releases the GIL, so the scikit-learn fits overlap with the boosters on a 2-core machine."""
     week = context.partition_key
     roles = read_roles(engagement_dbt.manifest_path)
-    frame = warehouse.read_table(MODEL_INPUT)
-    parts = splits(frame, roles)
+    parts = splits(warehouse.read_table(MODEL_INPUT), roles)
     oracle = lake.read_parquet(oracle_key(week)) if lake.exists(oracle_key(week)) else None
     registry = ModelRegistry(lake)
-    for name, key in MODEL_KEYS.items():
-        if key not in context.selected_asset_keys:
-            continue
-        model = new_model(name, parts["train"], roles).fit(parts["train"], parts["valid"])
-        rep = evaluation.report(model, parts, roles, oracle)
-        pointer = registry.champion(name)
-        champion_metrics = None
-        if pointer is not None:
-            try:  # the champion, scored on this week's test rows: a like-for-like comparison
-                champion_metrics = registry.load(name, pointer["version"]).evaluate(parts["test"])
-            except KeyError as exc:  # the feature table lost a column the champion needs
-                context.log.warning(f"{name}: champion {pointer['version']} cannot score this table ({exc}); "
-                                    "comparing with the baseline only")
-        rep["champion_on_this_test"] = champion_metrics
-        decision = promotion_decision(type(model), rep["test"], rep["baseline"], champion_metrics,
-                                      config.promotion_tolerance)
-        fingerprint = data_fingerprint(parts["train"])
-        card = evaluation.model_card(rep, decision, week, fingerprint)
-        version = registry.register(model, rep, card, fingerprint)
-        if decision.promote:
-            registry.promote(name, version, decision)
-        champion = version if decision.promote else (pointer or {}).get("version", "none")
-        yield dg.MaterializeResult(asset_key=key, metadata={
-            "version": version,
-            "promoted": decision.promote,
-            "champion_version": champion,
-            **{f"test_{m}": float(v) for m, v in rep["test"].items()},
-            **{f"baseline_{m}": float(v) for m, v in rep["baseline"].items()},
-            **{f"oracle_{m}": float(v) for m, v in (rep["oracle_ceiling"] or {}).items()},
-            **{k: float(v) for k, v in rep["fairness"].items()},
-            "model_card": dg.MetadataValue.md(card),
-        })
-        yield dg.AssetCheckResult(asset_key=key, check_name="promotion_gate", passed=decision.promote,
-                                  severity=dg.AssetCheckSeverity.ERROR, description=decision.reason,
-                                  metadata={"metric": decision.metric, "challenger": decision.challenger,
-                                            "baseline": decision.baseline,
-                                            "champion": decision.champion if decision.champion is not None else float("nan"),
-                                            "tolerance": decision.tolerance})
+    selected = [name for name in TRAINING_ORDER if MODEL_KEYS[name] in context.selected_asset_keys]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(_train_one, name, parts, roles, oracle, registry, config.promotion_tolerance, week,
+                               context.log) for name in selected]
+        for future in futures:
+            yield from future.result()
+
+
+# Longest first, so the two workers finish close together.
+TRAINING_ORDER = ("content_recommender", "engagement_model", "segment_model", "churn_model", "ltv_model", "anomaly_model")
+
+
+def _train_one(name, parts, roles, oracle, registry, tolerance, week, log):
+    key = MODEL_KEYS[name]
+    model = new_model(name, parts["train"], roles).fit(parts["train"], parts["valid"])
+    rep = evaluation.report(model, parts, roles, oracle)
+    pointer = registry.champion(name)
+    champion_metrics = None
+    if pointer is not None:
+        try:  # the champion, scored on this week's test rows: a like-for-like comparison
+            champion_metrics = registry.load(name, pointer["version"]).evaluate(parts["test"])
+        except KeyError as exc:  # the feature table lost a column the champion needs
+            log.warning(f"{name}: champion {pointer['version']} cannot score this table ({exc}); "
+                        "comparing with the baseline only")
+    rep["champion_on_this_test"] = champion_metrics
+    decision = promotion_decision(type(model), rep["test"], rep["baseline"], champion_metrics, tolerance)
+    fingerprint = data_fingerprint(parts["train"])
+    card = evaluation.model_card(rep, decision, week, fingerprint)
+    version = registry.register(model, rep, card, fingerprint)
+    if decision.promote:
+        registry.promote(name, version, decision)
+    champion = version if decision.promote else (pointer or {}).get("version", "none")
+    materialization = dg.MaterializeResult(asset_key=key, metadata={
+        "version": version,
+        "promoted": decision.promote,
+        "champion_version": champion,
+        **{f"test_{m}": float(v) for m, v in rep["test"].items()},
+        **{f"baseline_{m}": float(v) for m, v in rep["baseline"].items()},
+        **{f"oracle_{m}": float(v) for m, v in (rep["oracle_ceiling"] or {}).items()},
+        **{k: float(v) for k, v in rep["fairness"].items()},
+        "model_card": dg.MetadataValue.md(card),
+    })
+    check = dg.AssetCheckResult(
+        asset_key=key, check_name="promotion_gate", passed=decision.promote, severity=dg.AssetCheckSeverity.ERROR,
+        description=decision.reason,
+        metadata={"metric": decision.metric, "challenger": decision.challenger, "baseline": decision.baseline,
+                  "champion": decision.champion if decision.champion is not None else float("nan"),
+                  "tolerance": decision.tolerance})
+    return materialization, check
