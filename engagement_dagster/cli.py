@@ -42,7 +42,7 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
     week = week or weekly_partitions.get_last_partition_key()
     config = {"n_customers": n_customers, "seed": seed, **({"source_uri": source} if source else {})}
     started = time.perf_counter()
-    result = defs.get_job_def("weekly_refresh").execute_in_process(
+    result = defs.resolve_job_def("weekly_refresh").execute_in_process(
         partition_key=week,
         run_config={"ops": {"ingest__raw_customers": {"config": config}}},
         instance=dg.DagsterInstance.get(),

@@ -16,3 +16,49 @@ def lake_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def lake(lake_dir):
     return LocalLake(root=str(lake_dir))
+
+
+MODEL_WEEK = "2026-11-09"
+
+
+@pytest.fixture(scope="session")
+def model_input(tmp_path_factory):
+    """The spine materialized once (30,000 customers) in its own lake: the dbt model-ready
+    table, its roles from the manifest, and the generator's truth for the week."""
+    import os
+
+    import dagster as dg
+
+    from engagement_dagster.assets.dbt import dbt_features
+    from engagement_dagster.assets.ingest import raw_customers
+    from engagement_dagster.dbt_project import engagement_dbt
+    from engagement_dagster.feature_roles import MODEL_INPUT, read_roles
+    from engagement_dagster.ingest import oracle_key
+    from engagement_dagster.resources import build_resources
+
+    root = tmp_path_factory.mktemp("model_lake")
+    saved = os.environ.get("ENGAGEMENT_LAKE_DIR")
+    os.environ["ENGAGEMENT_LAKE_DIR"] = str(root)
+    try:
+        resources = build_resources("local")
+        result = dg.materialize([raw_customers, dbt_features], partition_key=MODEL_WEEK, resources=resources,
+                                run_config={"ops": {"ingest__raw_customers": {"config": {"n_customers": 30_000}}}})
+        assert result.success
+        frame = resources["warehouse"].read_table(MODEL_INPUT)
+        oracle = resources["lake"].read_parquet(oracle_key(MODEL_WEEK))
+    finally:
+        if saved is None:
+            os.environ.pop("ENGAGEMENT_LAKE_DIR", None)
+        else:
+            os.environ["ENGAGEMENT_LAKE_DIR"] = saved
+    return frame, read_roles(engagement_dbt.manifest_path), oracle
+
+
+@pytest.fixture(scope="session")
+def trained(model_input):
+    """All six models fitted once on the 30,000-customer snapshot."""
+    from engagement_dagster.training import MODEL_KINDS, new_model, splits
+
+    frame, roles, _ = model_input
+    parts = splits(frame, roles)
+    return {name: new_model(name, parts["train"], roles).fit(parts["train"], parts["valid"]) for name in MODEL_KINDS}

@@ -14,17 +14,32 @@ def test_definitions_load_with_groups_as_key_prefixes():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).is_materializable}
     assert {"ingest/raw_customers", "features/stg_customers", "features/customer_features",
-            "features/customer_model_input"} <= keys
+            "features/customer_model_input", "models/churn_model", "models/engagement_model", "models/ltv_model",
+            "models/segment_model", "models/anomaly_model", "models/content_recommender",
+            "scoring/customer_predictions", "scoring/predictions_final", "scoring/qa_review_sample",
+            "scoring/at_risk_customers", "scoring/high_engagement_customers", "scoring/churn_by_segment",
+            "scoring/weekly_prediction_summary"} == keys
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         if node.is_materializable:
             assert node.group_name == key.path[0]
-    # dbt is wired to ingest through the source's asset key
+    # dbt is wired to the Python assets through the sources' asset keys
     assert dg.AssetKey(["ingest", "raw_customers"]) in graph.get(dg.AssetKey(["features", "stg_customers"])).parent_keys
+    assert dg.AssetKey(["scoring", "customer_predictions"]) in graph.get(
+        dg.AssetKey(["scoring", "predictions_final"])).parent_keys
+    # every model is gated by a blocking promotion check
+    gates = [spec for spec in defs.resolve_asset_graph().asset_check_keys if spec.name == "promotion_gate"]
+    assert len(gates) == 6
+
+
+def test_heavy_jobs_ask_for_16_vcpu_64_gb_fargate_tasks():
+    for name in ("weekly_refresh", "training", "scoring"):
+        tags = defs.resolve_job_def(name).tags
+        assert tags["ecs/cpu"] == "16384" and tags["ecs/memory"] == "65536"
 
 
 def test_weekly_schedule_runs_monday_0600_utc_for_the_closed_week():
-    schedule = defs.get_schedule_def("weekly_refresh_schedule")
+    schedule = defs.resolve_schedule_def("weekly_refresh_schedule")
     assert schedule.cron_schedule == "0 6 * * 1" and schedule.execution_timezone == "UTC"
     tick = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.timezone.utc)
     with dg.build_schedule_context(scheduled_execution_time=tick) as context:

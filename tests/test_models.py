@@ -1,0 +1,160 @@
+"""Model quality, calibration, the registry and its promotion gate, drivers, sharded scoring."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from engagement_dagster import evaluation, scoring
+from engagement_dagster.feature_roles import read_roles
+from engagement_dagster.registry import ModelRegistry, data_fingerprint, promotion_decision
+from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.training import (
+    AnomalyModel, ChurnModel, EngagementModel, SegmentModel, new_model, splits,
+)
+
+
+@pytest.fixture(scope="module")
+def parts(model_input):
+    frame, roles, _ = model_input
+    return splits(frame, roles)
+
+
+@pytest.mark.parametrize("name", ["engagement_model", "churn_model", "ltv_model", "content_recommender", "segment_model"])
+def test_every_supervised_and_segment_model_beats_its_naive_baseline(trained, parts, name):
+    model = trained[name]
+    test_metrics, baseline = model.evaluate(parts["test"]), model.baseline(parts["train"], parts["test"])
+    decision = promotion_decision(type(model), test_metrics, baseline, champion=None)
+    assert decision.promote, decision.reason
+
+
+def test_models_sit_between_baseline_and_oracle_ceiling(trained, parts, model_input):
+    _, roles, oracle = model_input
+    churn = evaluation.report(trained["churn_model"], parts, roles, oracle)
+    assert 0.5 < churn["test"]["auc"] <= churn["oracle_ceiling"]["auc"] + 0.01
+    engagement = evaluation.report(trained["engagement_model"], parts, roles, oracle)
+    assert engagement["oracle_ceiling"]["rmse"] <= engagement["test"]["rmse"] < engagement["baseline"]["rmse"]
+    recommender = evaluation.report(trained["content_recommender"], parts, roles, oracle)
+    assert recommender["baseline"]["top3_accuracy"] < recommender["test"]["top3_accuracy"] \
+        <= recommender["oracle_ceiling"]["top3_accuracy"]
+
+
+def test_churn_probabilities_are_calibrated(trained, parts):
+    metrics = trained["churn_model"].evaluate(parts["test"])
+    assert metrics["ece"] < 0.03  # 4,500 test rows
+    assert metrics["lift_top_decile"] > 1.8
+
+
+def test_fairness_gaps_are_reported_and_small_when_demographics_do_not_matter(trained, parts, model_input):
+    _, roles, _ = model_input
+    gaps = evaluation.fairness(trained["churn_model"], parts["test"], roles)
+    assert set(gaps) == {f"{kind}_gap_{col}" for kind in ("demographic_parity", "equal_opportunity")
+                         for col in ("gender", "age_band")}
+    assert gaps["demographic_parity_gap_gender"] < 0.06
+
+
+def test_segments_are_named_and_anomaly_share_is_near_target(trained, parts):
+    segments: SegmentModel = trained["segment_model"]
+    assert 3 <= segments.info["k"] <= 8 and len(set(segments.names)) == segments.info["k"]
+    assert abs(sum(p["share"] for p in segments.profiles) - 1) < 1e-9
+    anomalies: AnomalyModel = trained["anomaly_model"]
+    assert 0.01 < anomalies.evaluate(parts["test"])["flagged_share"] < 0.04
+
+
+def test_driver_contributions_plus_bias_add_up_to_the_margin(trained, parts):
+    churn: ChurnModel = trained["churn_model"]
+    rows = parts["test"].head(300)
+    margin = churn.margin(rows)
+    for approximate in (False, True):
+        contrib = churn.contributions(rows, approximate=approximate)
+        np.testing.assert_allclose(contrib.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
+    drivers = scoring.top_drivers(churn, rows, approximate=False)
+    exact = churn.contributions(rows, approximate=False)[:, :-1]
+    first = np.abs(drivers["churn_driver_1_contribution"].to_numpy())
+    assert np.allclose(first, np.abs(exact).max(axis=1))
+    assert (first >= np.abs(drivers["churn_driver_3_contribution"].to_numpy())).all()
+
+
+def test_registry_round_trip_and_a_worse_challenger_is_refused(lake, parts, model_input):
+    _, roles, _ = model_input
+    registry = ModelRegistry(lake)
+    good = EngagementModel(new_model("engagement_model", parts["train"], roles).spec).fit(parts["train"], parts["valid"])
+    test_metrics = good.evaluate(parts["test"])
+    first = promotion_decision(EngagementModel, test_metrics, good.baseline(parts["train"], parts["test"]), None)
+    version = registry.register(good, {"test": test_metrics}, "card", data_fingerprint(parts["train"]))
+    registry.promote("engagement_model", version, first)
+
+    loaded, champion_version = registry.load_champion("engagement_model")
+    assert champion_version == version
+    pd.testing.assert_frame_equal(loaded.predict(parts["test"]), good.predict(parts["test"]))
+
+    # A challenger trained on shuffled labels has learned nothing.
+    shuffled = parts["train"].assign(engagement_score=parts["train"]["engagement_score"].sample(frac=1, random_state=1).to_numpy())
+    worse = EngagementModel(good.spec).fit(shuffled, parts["valid"])
+    decision = promotion_decision(EngagementModel, worse.evaluate(parts["test"]), worse.baseline(parts["train"], parts["test"]),
+                                  loaded.evaluate(parts["test"]))
+    assert not decision.promote
+    registry.register(worse, {"test": worse.evaluate(parts["test"])}, "card", data_fingerprint(shuffled))
+    assert len(registry.versions("engagement_model")) == 2
+    assert registry.champion("engagement_model")["version"] == version  # the champion stays
+
+
+def test_gate_tolerance_against_the_champion():
+    baseline = {"auc": 0.5}
+    assert promotion_decision(ChurnModel, {"auc": 0.79}, baseline, {"auc": 0.80}).promote  # within 2%
+    refused = promotion_decision(ChurnModel, {"auc": 0.75}, baseline, {"auc": 0.80})
+    assert not refused.promote and "champion" in refused.reason
+    assert not promotion_decision(EngagementModel, {"rmse": 9.0}, {"rmse": 8.0}, None).promote
+    assert not promotion_decision(AnomalyModel, {"flagged_share": 0.2}, {"flagged_share": 0.02}, None).promote
+
+
+def test_incomplete_versions_are_invisible(lake, trained):
+    registry = ModelRegistry(lake)
+    lake.write_bytes("models/churn_model/20260101T000000000000Z-deadbeef/model.ubj", b"partial")  # crashed mid-write
+    assert registry.versions("churn_model") == []
+    with pytest.raises(LookupError):
+        registry.load_champion("churn_model")
+
+
+def test_predictions_cover_every_customer_exactly_once_across_shards(lake, trained, model_input):
+    frame, _, _ = model_input
+    champions = {name: (model, "v1") for name, model in trained.items()}
+    predictions = scoring.score(frame, champions)
+    assert len(predictions) == len(frame)
+    scoring.write_shards(lake, "2026-11-09", predictions, shards=4)
+    keys = lake.list_keys("predictions/snapshot_week=2026-11-09/")
+    assert keys == [scoring.prediction_key("2026-11-09", s) for s in range(4)]
+    ids = pd.concat([lake.read_parquet(k)["customer_id"] for k in keys])
+    assert ids.is_unique and set(ids) == set(frame["customer_id"])
+
+    scoring.write_shards(lake, "2026-11-09", predictions, shards=2)  # fewer shards: stale ones removed
+    assert len(lake.list_keys("predictions/snapshot_week=2026-11-09/")) == 2
+
+    exact = predictions["churn_drivers_method"] == "exact_treeshap"
+    assert (predictions.loc[exact, "churn_probability"] >= scoring.AT_RISK_CHURN_PROBABILITY).all()
+    assert (predictions.loc[~exact, "churn_probability"] < scoring.AT_RISK_CHURN_PROBABILITY).all()
+    assert predictions[["recommended_category_1", "recommended_category_2", "recommended_category_3"]].nunique(axis=1).eq(3).all()
+
+
+def test_at_risk_threshold_is_the_same_in_python_and_dbt():
+    project = yaml.safe_load((PROJECT_ROOT / "dbt_project" / "dbt_project.yml").read_text())
+    assert project["vars"]["at_risk_churn_probability"] == scoring.AT_RISK_CHURN_PROBABILITY
+
+
+def test_a_feature_added_in_dbt_yaml_reaches_training(tmp_path):
+    manifest = {"nodes": {"model.engagement.customer_model_input": {
+        "resource_type": "model", "name": "customer_model_input", "columns": {
+            "customer_id": {"meta": {"role": "id"}}, "split": {"meta": {"role": "split"}},
+            "tenure_months": {"meta": {"role": "feature"}}, "my_new_ratio": {"meta": {"role": "feature"}},
+            "platform": {"meta": {"role": "categorical"}}, "churn_30_day": {"meta": {"role": "target"}},
+        }}}}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    roles = read_roles(path)
+    assert roles.features == ("tenure_months", "my_new_ratio") and roles.categoricals == ("platform",)
+    manifest["nodes"]["model.engagement.customer_model_input"]["columns"]["oops"] = {"meta": {"role": "featur"}}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="oops"):
+        read_roles(path)
