@@ -16,6 +16,7 @@ import time
 import dagster as dg
 
 from engagement_dagster.partitions import weekly_partitions
+from engagement_dagster.training import MODEL_KINDS
 from engagement_dagster.settings import PROJECT_ROOT, environment, lake_dir, warehouse_path
 
 
@@ -69,15 +70,30 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str
         mat = event.event_specific_data.materialization
         count = mat.metadata.get("dagster/row_count")
         rows[mat.asset_key.to_user_string()] = count.value if count is not None else None
+    model_lines = []
+    for event in materialized:
+        mat = event.event_specific_data.materialization
+        if mat.asset_key.path[0] != "models":
+            continue
+        name = mat.asset_key.path[-1]
+        metric = MODEL_KINDS[name].primary_metric
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        oracle = meta.get(f"oracle_{metric}")
+        model_lines.append(
+            f"    {name:<22} {metric} {meta[f'test_{metric}']:.4g} (baseline {meta[f'baseline_{metric}']:.4g}"
+            + (f", oracle ceiling {oracle:.4g}" if oracle is not None else "") + ")"
+            + ("  promoted" if meta["promoted"] else "  NOT promoted: champion kept"))
     lines = [
         f"weekly refresh for snapshot week {week} ({environment()}): {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s",
         "  steps: " + ", ".join(f"{step} {sec:.1f} s" for step, sec in step_seconds(result).items()),
         f"  assets materialized: {len(materialized)}",
         *(f"    {key:<40} {'' if n is None else f'{n:,} rows'}" for key, n in sorted(rows.items())),
+        *(["  models (test split):", *model_lines] if model_lines else []),
         f"  asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed"
         + "".join(f"\n    FAILED {c.asset_key.to_user_string()}:{c.check_name}" for c in failed),
         f"  lake:      {lake_dir()}",
-        f"  warehouse: {warehouse_path()}  (duckdb: select * from main.customer_model_input)",
+        f"  warehouse: {warehouse_path()}  (DuckDB: predictions_final, at_risk_customers, churn_by_segment, …)",
+        f"  registry:  {lake_dir() / 'models'}  (champion.json, card.md per model)",
         "  UI:        make ui  → http://127.0.0.1:3000 (lineage, runs, checks)",
     ]
     return "\n".join(lines)
