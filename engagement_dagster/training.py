@@ -382,9 +382,9 @@ class SegmentModel(ModelKind):
             if names.count(name) > 1:
                 names[i] = f"{name} {names[: i + 1].count(name)}"
         total = sizes.sum()
-        for center, name, size in zip(centers, names, sizes):
+        for center, name, size in zip(centers, names, sizes, strict=True):
             profiles.append({"name": name, "share": float(size / total),
-                             "profile_z": {d: round(float(v), 2) for d, v in zip(dims, center)}})
+                             "profile_z": {d: round(float(v), 2) for d, v in zip(dims, center, strict=True)}})
         return names, profiles
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,3 @@
-import pandas as pd
 import pytest
 
 from engagement_dagster.contract import CONTRACT_COLUMNS, PII_COLUMNS, ContractViolation

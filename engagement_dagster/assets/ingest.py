@@ -12,7 +12,13 @@ from engagement_dagster.lake import Lake
 from engagement_dagster.partitions import weekly_partitions
 
 RAW_CUSTOMERS = dg.AssetKey(["ingest", "raw_customers"])
-CHECK_NAMES = ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change")
+CHECKS = {
+    "schema": "All 42 contract columns present; no direct identifier (email, name, phone) in the lake.",
+    "unique_customer_ids": "customer_id is unique in the snapshot.",
+    "null_rates": "No contract column has missing values.",
+    "value_ranges": "Every value inside the contract's range or allowed set.",
+    "row_count_change": "Row count within the configured change (default ±50%) of the previous week's snapshot.",
+}
 
 
 class RawCustomersConfig(dg.Config):
@@ -41,7 +47,8 @@ def _previous_rows(lake: Lake, week: str) -> int | None:
     partitions_def=weekly_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     description="The week's customers in the data contract (DESIGN.md §4), validated and PII-free.",
-    check_specs=[dg.AssetCheckSpec(name, asset=RAW_CUSTOMERS, blocking=True) for name in CHECK_NAMES],
+    check_specs=[dg.AssetCheckSpec(name, asset=RAW_CUSTOMERS, blocking=True, description=text)
+                 for name, text in CHECKS.items()],
     kinds={"python", "parquet"},
 )
 def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig, lake: Lake):
