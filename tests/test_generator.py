@@ -68,3 +68,14 @@ def test_snapshot_week_must_be_a_monday():
     assert week_index("2026-01-12") == 1
     with pytest.raises(ValueError, match="Monday"):
         week_index("2026-11-10")
+
+
+def test_written_snapshot_is_the_generated_one(tmp_path):
+    from engagement_dagster.generator import write_snapshot
+
+    n = BLOCK + 1_000
+    rows = write_snapshot(n, WEEK, tmp_path / "c.parquet", tmp_path / "t.parquet", seed=5)
+    assert rows == n
+    expected = generate_snapshot(n, WEEK, seed=5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "c.parquet"), expected.customers, check_dtype=False)
+    assert len(pd.read_parquet(tmp_path / "t.parquet")) == n
