@@ -1,3 +1,5 @@
+import socket
+
 import pytest
 
 from engagement_dagster.lake import LocalLake
@@ -62,3 +64,27 @@ def trained(model_input):
     frame, roles, _ = model_input
     parts = splits(frame, roles)
     return {name: new_model(name, parts["train"], roles).fit(parts["train"], parts["valid"]) for name in MODEL_KINDS}
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real AWS API server (moto) on 127.0.0.1: boto3 and dbt-athena talk to it over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_endpoint(moto_server, monkeypatch):
+    """Dummy credentials and every AWS client pointed at the moto server."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": moto_server}.items():
+        monkeypatch.setenv(name, value)
+    return moto_server

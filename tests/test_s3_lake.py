@@ -1,31 +1,19 @@
 """The S3 lake against a real AWS API server (moto) over HTTP."""
 
-import socket
-
 import boto3
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
 
 from engagement_dagster.lake import S3Lake
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+@pytest.fixture
+def s3_endpoint(aws_endpoint):
+    return aws_endpoint
 
 
 @pytest.fixture
-def s3_lake(s3_endpoint, monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
+def s3_lake(s3_endpoint):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="engagement-lake")
     return S3Lake(bucket="engagement-lake", prefix="team/a", endpoint_url=s3_endpoint)
 
