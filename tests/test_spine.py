@@ -123,3 +123,17 @@ def test_model_ready_roles_come_from_dbt_yaml():
     assert roles["gender"] == "protected" and roles["age_band"] == "protected"
     inputs = {n for n, r in roles.items() if r in ("feature", "categorical")}
     assert len(inputs) > 30 and not inputs & (set(TARGETS) | {"gender", "age_band", "customer_id"})
+
+
+def test_a_users_weekly_files_are_read_by_week(lake_dir, lake, tmp_path, monkeypatch):
+    from engagement_dagster.contract import CONTRACT_COLUMNS
+    from engagement_dagster.generator import generate_snapshot
+
+    for week in (WEEK_1, WEEK_2):  # the seed platform's 42-column format, one file per week
+        generate_snapshot(500, week).customers[list(CONTRACT_COLUMNS)].to_csv(tmp_path / f"customers_{week}.csv", index=False)
+    monkeypatch.setenv("ENGAGEMENT_SOURCE_URI", str(tmp_path / "customers_{snapshot_week}.csv"))
+    assert materialize(WEEK_2, assets=(raw_customers,)).success
+    written = lake.read_parquet(raw_key(WEEK_2))
+    expected = pd.read_csv(tmp_path / f"customers_{WEEK_2}.csv", dtype={"customer_id": str})
+    assert list(written["customer_id"]) == list(expected["customer_id"])
+    assert not lake.exists(f"oracle/customers/snapshot_week={WEEK_2}/truth.parquet")  # no truth for real data

@@ -1,6 +1,7 @@
 """`ingest` stage: the weekly raw customer snapshot, validated, PII-free, written atomically."""
 
 import io
+import os
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -24,8 +25,10 @@ CHECKS = {
 class RawCustomersConfig(dg.Config):
     source_uri: str | None = Field(
         default=None,
-        description="CSV/Parquet path or URI (file://, s3://, https://) of the week's customers. "
-                    "Empty: the built-in synthetic generator.")
+        description="CSV/Parquet path or URI (file://, s3://, https://) of the week's customers; "
+                    "'{snapshot_week}' in it is replaced by the partition's week. Empty: "
+                    "$ENGAGEMENT_SOURCE_URI if set (how the weekly schedule reads your files), else "
+                    "the built-in synthetic generator.")
     n_customers: int = Field(default=100_000, description="Customers to generate (synthetic source only).")
     seed: int = Field(default=42, description="Generator seed (synthetic source only).")
     max_row_change: float = Field(default=0.5, description="Largest accepted relative change in rows week over week.")
@@ -53,8 +56,9 @@ def _previous_rows(lake: Lake, week: str) -> int | None:
 )
 def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig, lake: Lake):
     week = context.partition_key
-    if config.source_uri:
-        source = config.source_uri
+    uri = config.source_uri or os.environ.get("ENGAGEMENT_SOURCE_URI")
+    if uri:
+        source = uri.replace("{snapshot_week}", week)
         frame = ingest.read_source(source)
         truth = None
     else:
