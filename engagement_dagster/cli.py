@@ -16,7 +16,6 @@ import time
 import dagster as dg
 
 from engagement_dagster.partitions import weekly_partitions
-from engagement_dagster.training import MODEL_KINDS
 from engagement_dagster.settings import PROJECT_ROOT, environment, lake_dir, warehouse_path
 
 
@@ -35,7 +34,7 @@ def step_seconds(result: dg.ExecuteInProcessResult) -> dict[str, float]:
 
 
 def run(week: str | None, n_customers: int, source: str | None, seed: int, timings_json: str | None = None) -> int:
-    from engagement_dagster.definitions import defs  # imported here: dagster-dbt import takes seconds
+    from engagement_dagster.definitions import defs  # imported here: dagster-dbt, xgboost take seconds
 
     # Runs land in the instance `make ui` opens, whether or not DAGSTER_HOME was set.
     home = os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
@@ -62,6 +61,7 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
 
 
 def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str:
+    from engagement_dagster.training import MODEL_KINDS
     materialized = result.get_asset_materialization_events()
     checks = result.get_asset_check_evaluations()
     failed = [c for c in checks if not c.passed]
