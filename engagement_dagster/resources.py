@@ -57,4 +57,7 @@ def build_resources(env: str | None = None) -> dict:
     dbt_executable = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
     return {"lake": lake, "warehouse": warehouse,
             "dbt": DbtCoreCliResource(project_dir=engagement_dbt, target="prod" if env == "aws" else "local",
-                                  dbt_executable=dbt_executable)}
+                                      dbt_executable=dbt_executable,
+                                      # dbt's events stream into the Dagster run; its JSON artifacts
+                                      # and debug log file are read by nothing (~0.6 s a step).
+                                      global_config_flags=["--no-write-json", "--log-level-file", "none"])}

@@ -87,6 +87,7 @@ class ModelKind:
     def __init__(self, spec: FeatureSpec):
         self.spec = spec
         self.info: dict = {}  # fit details for the model card (rounds, chosen k, …)
+        self.fit_threads = 0  # 0: all cores; set lower when several models train side by side
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> ModelKind:
         raise NotImplementedError
@@ -124,11 +125,12 @@ class _XGBoostModel(ModelKind):
         dtrain = xgb.QuantileDMatrix(self.spec.matrix(train), self._label(train), enable_categorical=True, max_bin=MAX_BIN)
         dvalid = xgb.QuantileDMatrix(self.spec.matrix(valid), self._label(valid), enable_categorical=True,
                                      max_bin=MAX_BIN, ref=dtrain)
-        params = {"tree_method": "hist", "max_bin": MAX_BIN, "seed": SEED, "nthread": 0, **self.params}
+        params = {"tree_method": "hist", "max_bin": MAX_BIN, "seed": SEED, "nthread": self.fit_threads, **self.params}
         self.booster = xgb.train(params, dtrain, self.max_rounds, evals=[(dvalid, "valid")],
                                  early_stopping_rounds=EARLY_STOPPING_ROUNDS, verbose_eval=False)
         # Keep only the trees up to the best iteration, so every later use sees the chosen model.
         self.booster = self.booster[: self.booster.best_iteration + 1]
+        self.booster.set_param({"nthread": 0})  # predictions and SHAP use every core again
         self.info["boosting_rounds"] = self.booster.num_boosted_rounds()
         return self
 
@@ -354,11 +356,11 @@ class SegmentModel(ModelKind):
         sample = train.sample(min(len(train), 10_000), random_state=SEED)
         self.scaler = StandardScaler().fit(self.spec.matrix(sample).fillna(0).to_numpy())
         x = self._scaled(sample)
-        probe = x[:4000]
+        probe = x[:2000]  # silhouette costs O(rows²): 2,000 rows tell the k apart
         scores = {}
         for k in self.k_range:
             labels = KMeans(k, n_init=2, random_state=SEED).fit_predict(x)
-            scores[k] = float(silhouette_score(probe, labels[:4000]))
+            scores[k] = float(silhouette_score(probe, labels[:2000]))
         best_k = max(scores, key=scores.get)
         self.kmeans = KMeans(best_k, n_init=4, random_state=SEED).fit(x)
         self.info.update({"k": best_k, "silhouette_by_k": scores})
