@@ -62,7 +62,9 @@ def bench(customers: int, repeat: int) -> list[dict]:
     runs = []
     for _ in range(repeat):
         workdir = Path(tempfile.mkdtemp(prefix="engagement-bench-"))
-        env = {**os.environ, "ENGAGEMENT_ENV": "local", "ENGAGEMENT_LAKE_DIR": str(PROJECT_ROOT / ".lake-bench"),
+        # The environment's own bin first, so dagster-dbt finds its dbt even when run outside `make`.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, "ENGAGEMENT_ENV": "local", "ENGAGEMENT_LAKE_DIR": str(PROJECT_ROOT / ".lake-bench"),
                "DAGSTER_HOME": str(workdir / "dagster_home"), "DBT_TARGET_PATH": "target-bench"}
         shutil.rmtree(PROJECT_ROOT / ".lake-bench", ignore_errors=True)
         (workdir / "dagster_home").mkdir()

@@ -89,6 +89,28 @@ def test_a_collapsed_row_count_blocks_the_features(lake_dir):
     assert built == {"ingest/raw_customers"}  # the blocking check stopped dbt
 
 
+def test_one_range_check_names_every_out_of_range_feature(lake_dir, tmp_path):
+    """The documented `meta.range` of every model-ready column is checked in one dbt test, which
+    fails with one row per bad column (null or outside its range)."""
+    from dbt.cli.main import dbtRunner
+
+    assert materialize(WEEK_1).success
+    with duckdb.connect(str(lake_dir / "warehouse.duckdb")) as con:
+        con.execute("update main.customer_model_input set tenure_months = 900 where customer_id in "
+                    "(select customer_id from main.customer_model_input limit 3)")
+        con.execute("update main.customer_model_input set match_rate_smoothed = null where customer_id in "
+                    "(select customer_id from main.customer_model_input limit 1)")
+    run = dbtRunner().invoke([
+        "test", "--select", "customer_model_input,test_name:columns_within_meta_range", "--store-failures",
+        "--project-dir", str(engagement_dbt.project_dir), "--profiles-dir", str(engagement_dbt.project_dir),
+        "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs")])
+    (outcome,) = run.result.results
+    assert outcome.status == "fail" and outcome.failures == 2
+    with duckdb.connect(str(lake_dir / "warehouse.duckdb")) as con:  # dbt, in this process, still holds it
+        bad = dict(con.sql(f"select column_name, rows_outside_range from {outcome.node.relation_name}").fetchall())
+    assert bad == {"tenure_months": 3, "match_rate_smoothed": 1}
+
+
 def test_features_do_not_depend_on_targets(lake_dir, lake):
     """Static: the feature model reads no target column. Behavioural: replacing every target
     with noise leaves every feature value unchanged."""

@@ -1,0 +1,38 @@
+{#- Every column of the model that declares `meta: {range: [min, max]}` (null for an open bound)
+    is checked in one scan: a value that is null or outside its range fails. The test returns one
+    row per failing column with the number of bad rows, so a wide model gets one check (and one
+    query) instead of one per column. Standard SQL: runs on DuckDB and Athena alike. -#}
+{% test columns_within_meta_range(model) %}
+{%- set ranged = [] -%}
+{%- if execute -%}
+  {%- set node = graph.nodes.values() | selectattr("resource_type", "equalto", "model")
+                 | selectattr("name", "equalto", model.identifier) | first -%}
+  {%- for column in node.columns.values() -%}
+    {%- set bounds = column.meta.get("range") or column.config.meta.get("range") -%}
+    {%- if bounds -%}
+      {%- if bounds | length != 2 -%}
+        {{ exceptions.raise_compiler_error("meta.range of " ~ model.identifier ~ "." ~ column.name
+                                           ~ " must be [min, max], got " ~ bounds) }}
+      {%- endif -%}
+      {%- do ranged.append((column.name, bounds[0], bounds[1])) -%}
+    {%- endif -%}
+  {%- endfor -%}
+  {%- if not ranged -%}
+    {{ exceptions.raise_compiler_error(model.identifier ~ " has no column with meta.range to check") }}
+  {%- endif -%}
+{%- endif -%}
+with outside as (
+    select
+    {%- for name, low, high in ranged %}
+        sum(case when {{ name }} is null
+                 {%- if low is not none %} or {{ name }} < {{ low }}{% endif %}
+                 {%- if high is not none %} or {{ name }} > {{ high }}{% endif %}
+            then 1 else 0 end) as {{ name }}{{ "," if not loop.last }}
+    {%- endfor %}
+    from {{ model }}
+)
+{%- for name, low, high in ranged %}
+select '{{ name }}' as column_name, {{ name }} as rows_outside_range from outside where {{ name }} > 0
+{{ "union all" if not loop.last }}
+{%- endfor %}
+{% endtest %}
