@@ -49,18 +49,19 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
         raise_on_error=False,
     )
     elapsed = time.perf_counter() - started
-    print(summary(result, week, elapsed))
+    steps = step_seconds(result)
+    print(summary(result, week, elapsed, steps))
     if timings_json:
         with open(timings_json, "w") as handle:
             json.dump({"week": week, "customers": n_customers, "success": result.success,
-                       "job_seconds": elapsed, "steps": step_seconds(result),
+                       "job_seconds": elapsed, "steps": steps,
                        # ru_maxrss is in KiB on Linux. (dbt subprocesses are far smaller.)
                        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
                       handle, indent=2)
     return 0 if result.success else 1
 
 
-def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str:
+def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps: dict[str, float]) -> str:
     from engagement_dagster.training import MODEL_KINDS
     materialized = result.get_asset_materialization_events()
     checks = result.get_asset_check_evaluations()
@@ -70,6 +71,7 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str
         mat = event.event_specific_data.materialization
         count = mat.metadata.get("dagster/row_count")
         rows[mat.asset_key.to_user_string()] = count.value if count is not None else None
+    rows.update(_dbt_row_counts([key for key, n in rows.items() if n is None]))
     model_lines = []
     for event in materialized:
         mat = event.event_specific_data.materialization
@@ -85,7 +87,7 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str
             + ("  promoted" if meta["promoted"] else "  NOT promoted: champion kept"))
     lines = [
         f"weekly refresh for snapshot week {week} ({environment()}): {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s",
-        "  steps: " + ", ".join(f"{step} {sec:.1f} s" for step, sec in step_seconds(result).items()),
+        "  steps: " + ", ".join(f"{step} {sec:.1f} s" for step, sec in steps.items()),
         f"  assets materialized: {len(materialized)}",
         *(f"    {key:<40} {'' if n is None else f'{n:,} rows'}" for key, n in sorted(rows.items())),
         *(["  models (test split):", *model_lines] if model_lines else []),
@@ -97,6 +99,24 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float) -> str
         "  UI:        make ui  → http://127.0.0.1:3000 (lineage, runs, checks)",
     ]
     return "\n".join(lines)
+
+
+def _dbt_row_counts(asset_keys: list[str]) -> dict[str, int]:
+    """Rows of the dbt tables, read from the local DuckDB warehouse after the run (dbt's events
+    carry no row counts, and counting on Athena would cost a query each)."""
+    if environment() != "local" or not warehouse_path().exists():
+        return {}
+    import duckdb
+
+    counts = {}
+    with duckdb.connect(str(warehouse_path()), read_only=True) as con:
+        tables = {name for (name,) in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'main'").fetchall()}
+        for key in asset_keys:
+            name = key.split("/")[-1]
+            if name in tables:
+                counts[key] = con.execute(f'select count(*) from main."{name}"').fetchone()[0]
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,14 @@
 """The whole weekly refresh on a small snapshot: ingest → dbt → six models → scoring → marts."""
 
 import json
+import re
 
 import dagster as dg
 import duckdb
 import pytest
 
 from engagement_dagster.assets.dbt import dbt_scoring
+from engagement_dagster.cli import summary
 from engagement_dagster.definitions import defs
 from engagement_dagster.resources import build_resources
 from engagement_dagster.training import MODEL_KINDS
@@ -66,6 +68,12 @@ def test_the_whole_refresh(refreshed, lake):
     assert query(lake_dir, "select min(predicted_engagement_score) >= 70 from high_engagement_customers") in ([(True,)], [(None,)])
     columns = {row[0] for row in query(lake_dir, "select column_name from information_schema.columns where table_name = 'predictions_final'")}
     assert not columns & {"email", "full_name", "phone"}
+
+    # the summary `make run` prints: rows of every table, each model beside its baseline
+    text = summary(result, WEEK, 1.0, {})
+    assert re.search(r"scoring/predictions_final +4,000 rows", text)
+    assert re.search(r"scoring/qa_review_sample +400 rows", text)
+    assert re.search(r"churn_model +auc 0\.\d+ \(baseline 0\.5, oracle ceiling 0\.\d+\) +promoted", text)
 
 
 def test_qa_sample_is_deterministic(refreshed):
