@@ -10,7 +10,12 @@ from engagement_dagster import metrics
 from engagement_dagster.feature_roles import FeatureRoles
 from engagement_dagster.registry import GateDecision
 from engagement_dagster.training import (
-    ChurnModel, ContentRecommender, EngagementModel, LtvModel, ModelKind, _XGBoostModel,
+    ChurnModel,
+    ContentRecommender,
+    EngagementModel,
+    LtvModel,
+    ModelKind,
+    _XGBoostModel,
 )
 
 HIGH_ENGAGEMENT = 70.0  # the "high engagement" decision fairness is measured on

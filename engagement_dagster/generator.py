@@ -19,12 +19,12 @@ which makes fairness gaps measurable against a known zero.
 
 from __future__ import annotations
 
-import datetime as dt
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

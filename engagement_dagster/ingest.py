@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 
 from engagement_dagster.contract import CONTRACT, OPTIONAL, PII_COLUMNS, ContractViolation, validate
 
+RAW_TABLE, RAW_PREFIX = "raw_customers", "raw/customers"  # catalog table (dbt source) and its lake prefix
+
 
 def raw_key(snapshot_week: str) -> str:
-    return f"raw/customers/snapshot_week={snapshot_week}/customers.parquet"
+    return f"{RAW_PREFIX}/snapshot_week={snapshot_week}/customers.parquet"
 
 
 def oracle_key(snapshot_week: str) -> str:
@@ -32,7 +34,7 @@ def _read_uri_bytes(uri: str) -> bytes:
     if parsed.scheme == "s3":
         return boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
     if parsed.scheme in ("http", "https"):
-        with urllib.request.urlopen(uri, timeout=60) as response:  # noqa: S310 (user-given source)
+        with urllib.request.urlopen(uri, timeout=60) as response:
             return response.read()
     path = parsed.path if parsed.scheme == "file" else uri
     with open(path, "rb") as handle:

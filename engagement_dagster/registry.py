@@ -78,7 +78,7 @@ class ModelRegistry:
         return f"models/{name}/{version}"
 
     def register(self, model: ModelKind, metrics: dict, card: str, fingerprint: str) -> str:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         version = f"{now:%Y%m%dT%H%M%S%f}Z-{fingerprint[:8]}"  # sorts by time
         files = {**model.to_files(), "metrics.json": json.dumps(metrics, indent=2, default=float).encode(),
                  "card.md": card.encode()}
@@ -101,7 +101,7 @@ class ModelRegistry:
     def promote(self, name: str, version: str, decision: GateDecision) -> None:
         if version not in self.versions(name):
             raise KeyError(f"{name} has no complete version {version}")
-        pointer = {"name": name, "version": version, "promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        pointer = {"name": name, "version": version, "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
                    "decision": asdict(decision)}
         self.lake.write_bytes(f"models/{name}/champion.json", json.dumps(pointer, indent=2).encode())
 

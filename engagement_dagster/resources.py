@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from pathlib import Path
-
 from functools import cached_property
 from importlib.metadata import version
+from pathlib import Path
 
 from dagster_dbt import DbtCliResource
 from packaging.version import Version
 
+from engagement_dagster.catalog import GlueCatalog, LocalCatalog
 from engagement_dagster.dbt_project import engagement_dbt
 from engagement_dagster.lake import LocalLake, S3Lake
 from engagement_dagster.settings import environment, lake_dir, warehouse_path
@@ -43,6 +43,8 @@ def build_resources(env: str | None = None) -> dict:
             prefix=os.environ.get("ENGAGEMENT_LAKE_PREFIX", ""),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
         )
+        # The Glue database the dbt source `lake` reads (dbt_project/models/sources.yml).
+        catalog = GlueCatalog(database=os.environ.get("ENGAGEMENT_GLUE_RAW_DATABASE", "engagement_raw"))
         warehouse = AthenaWarehouse(
             database=os.environ.get("ENGAGEMENT_GLUE_DATABASE", "engagement"),
             workgroup=os.environ.get("ENGAGEMENT_ATHENA_WORKGROUP", "primary"),
@@ -52,10 +54,11 @@ def build_resources(env: str | None = None) -> dict:
         # dbt runs in its own directory: hand it the lake as an absolute path.
         os.environ["ENGAGEMENT_LAKE_DIR"] = str(lake_dir())
         lake = LocalLake(root=str(lake_dir()))
+        catalog = LocalCatalog()
         warehouse = DuckDBWarehouse(path=str(warehouse_path()))
     # The dbt beside this interpreter, so an unactivated virtual environment still works.
     dbt_executable = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
-    return {"lake": lake, "warehouse": warehouse,
+    return {"lake": lake, "catalog": catalog, "warehouse": warehouse,
             "dbt": DbtCoreCliResource(project_dir=engagement_dbt, target="prod" if env == "aws" else "local",
                                       dbt_executable=dbt_executable,
                                       # dbt's events stream into the Dagster run; its JSON artifacts

@@ -52,7 +52,7 @@ def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind, str]], id_c
     out["churn_drivers_method"] = np.where(exact, "exact_treeshap", "saabas_approximate")
     for name, (_, version) in champions.items():
         out[f"{name}_version"] = version
-    out["scored_at"] = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).tz_localize(None)
+    out["scored_at"] = pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
     return out
 
 
@@ -65,8 +65,11 @@ def shard_count(rows: int, rows_per_shard: int = ROWS_PER_SHARD) -> int:
     return max(1, math.ceil(rows / rows_per_shard))
 
 
+PREDICTIONS_TABLE, PREDICTIONS_PREFIX = "customer_predictions", "predictions"  # catalog table (dbt source), lake prefix
+
+
 def prediction_key(week: str, shard: int) -> str:
-    return f"predictions/snapshot_week={week}/shard={shard:02d}.parquet"
+    return f"{PREDICTIONS_PREFIX}/snapshot_week={week}/shard={shard:02d}.parquet"
 
 
 def write_shards(lake: Lake, week: str, predictions: pd.DataFrame, shards: int) -> list[str]:
@@ -74,7 +77,7 @@ def write_shards(lake: Lake, week: str, predictions: pd.DataFrame, shards: int) 
     numbers = shard_numbers(predictions["customer_id"], shards)
     uris = [lake.write_parquet(prediction_key(week, s), predictions[numbers == s]) for s in range(shards)]
     keep = {prediction_key(week, s) for s in range(shards)}
-    for key in lake.list_keys(f"predictions/snapshot_week={week}/"):
+    for key in lake.list_keys(f"{PREDICTIONS_PREFIX}/snapshot_week={week}/"):
         if key not in keep:
             lake.delete(key)
     return uris

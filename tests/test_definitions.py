@@ -41,7 +41,7 @@ def test_heavy_jobs_ask_for_16_vcpu_64_gb_fargate_tasks():
 def test_weekly_schedule_runs_monday_0600_utc_for_the_closed_week():
     schedule = defs.resolve_schedule_def("weekly_refresh_schedule")
     assert schedule.cron_schedule == "0 6 * * 1" and schedule.execution_timezone == "UTC"
-    tick = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.timezone.utc)
+    tick = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)
     with dg.build_schedule_context(scheduled_execution_time=tick) as context:
         requests = schedule.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["2026-11-16"]
@@ -58,8 +58,9 @@ def test_environment_switch_picks_the_lake(monkeypatch):
     local = build_resources("local")
     assert isinstance(local["lake"], LocalLake) and local["dbt"].target == "local"
     monkeypatch.setenv("ENGAGEMENT_ENV", "gcp")
-    from engagement_dagster.settings import environment
     import pytest
+
+    from engagement_dagster.settings import environment
 
     with pytest.raises(ValueError, match="ENGAGEMENT_ENV"):
         environment()

@@ -1,8 +1,8 @@
 """The AWS deployment files are valid for the libraries that read them."""
 
 import yaml
-from dagster._config.validate import process_config
 from dagster._config.field_utils import convert_potential_field
+from dagster._config.validate import process_config
 from dagster_aws.ecs import EcsRunLauncher
 
 from engagement_dagster.settings import PROJECT_ROOT

@@ -12,7 +12,12 @@ from engagement_dagster.feature_roles import read_roles
 from engagement_dagster.registry import ModelRegistry, data_fingerprint, promotion_decision
 from engagement_dagster.settings import PROJECT_ROOT
 from engagement_dagster.training import (
-    AnomalyModel, ChurnModel, EngagementModel, SegmentModel, new_model, splits,
+    AnomalyModel,
+    ChurnModel,
+    EngagementModel,
+    SegmentModel,
+    new_model,
+    splits,
 )
 
 

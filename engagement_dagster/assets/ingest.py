@@ -4,10 +4,12 @@ import io
 import os
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
 from engagement_dagster import ingest
+from engagement_dagster.catalog import Catalog
 from engagement_dagster.generator import generate_snapshot
 from engagement_dagster.lake import Lake
 from engagement_dagster.partitions import weekly_partitions
@@ -54,7 +56,7 @@ def _previous_rows(lake: Lake, week: str) -> int | None:
                  for name, text in CHECKS.items()],
     kinds={"python", "parquet"},
 )
-def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig, lake: Lake):
+def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig, lake: Lake, catalog: Catalog):
     week = context.partition_key
     uri = config.source_uri or os.environ.get("ENGAGEMENT_SOURCE_URI")
     if uri:
@@ -70,6 +72,8 @@ def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig,
     if truth is not None:
         lake.write_parquet(ingest.oracle_key(week), truth)
     uri = lake.write_parquet(ingest.raw_key(week), customers)
+    catalog.register_partition(ingest.RAW_TABLE, lake.uri(ingest.RAW_PREFIX),
+                               pa.Schema.from_pandas(customers, preserve_index=False), week)
 
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": len(customers),

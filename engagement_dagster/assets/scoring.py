@@ -2,10 +2,12 @@
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
 from pydantic import Field
 
 from engagement_dagster import scoring
 from engagement_dagster.assets.models import MODEL_INPUT_KEY, MODEL_KEYS
+from engagement_dagster.catalog import Catalog
 from engagement_dagster.feature_roles import MODEL_INPUT
 from engagement_dagster.lake import Lake
 from engagement_dagster.partitions import weekly_partitions
@@ -29,7 +31,8 @@ class ScoringConfig(dg.Config):
     description="Every customer of the week: engagement, churn probability, LTV, segment, anomaly flag, "
                 "top-3 content categories, top-3 churn drivers and the model versions used.",
 )
-def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfig, lake: Lake, warehouse: Warehouse):
+def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfig, lake: Lake, warehouse: Warehouse,
+                         catalog: Catalog):
     week = context.partition_key
     frame = warehouse.read_table(MODEL_INPUT)
     registry = ModelRegistry(lake)
@@ -37,6 +40,8 @@ def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfi
     predictions = scoring.score(frame, champions)
     shards = scoring.shard_count(len(predictions), config.rows_per_shard)
     uris = scoring.write_shards(lake, week, predictions, shards)
+    catalog.register_partition(scoring.PREDICTIONS_TABLE, lake.uri(scoring.PREDICTIONS_PREFIX),
+                               pa.Schema.from_pandas(predictions, preserve_index=False), week)
     churn = predictions["churn_probability"]
     engagement = predictions["predicted_engagement_score"]
     return dg.MaterializeResult(metadata={
