@@ -75,3 +75,14 @@ def test_dbt_prod_target_parses_without_aws_credentials(tmp_path):
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dagster_and_dg_clis_validate_the_code_location(tmp_path):
+    """What an operator runs: `dagster definitions validate` (workspace.yaml) and `dg check defs`
+    (the [tool.dg] project in pyproject.toml)."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    for command in (["dagster", "definitions", "validate"], ["dg", "check", "defs"]):
+        done = subprocess.run([os.path.join(bin_dir, command[0]), *command[1:]], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
