@@ -39,6 +39,10 @@ class GateDecision:
     baseline: float
     champion: float | None
     tolerance: float
+    # True when the challenger looks broken (no better than a naive baseline, or an anomaly rate far
+    # off target): the week's data are suspect, so scoring stops. A challenger that is merely not
+    # better than the champion is refused without stopping anything: the champion keeps scoring.
+    blocks_scoring: bool = False
 
 
 def _better(a: float, b: float, higher_is_better: bool) -> bool:
@@ -53,14 +57,15 @@ def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, 
     value, base = challenger[metric], baseline[metric]
     champ = None if champion is None else champion[metric]
 
-    def decision(promote: bool, reason: str) -> GateDecision:
-        return GateDecision(promote, reason, metric, value, base, champ, tolerance)
+    def decision(promote: bool, reason: str, suspect: bool = False) -> GateDecision:
+        return GateDecision(promote, reason, metric, value, base, champ, tolerance, blocks_scoring=suspect)
 
     if kind.name == "anomaly_model":  # no "better" for a flag rate: it must stay near the target rate
         ok = 0.5 * base <= value <= 2 * base
-        return decision(ok, f"flagged share {value:.2%} {'within' if ok else 'outside'} [{0.5 * base:.2%}, {2 * base:.2%}]")
+        return decision(ok, f"flagged share {value:.2%} {'within' if ok else 'outside'} [{0.5 * base:.2%}, {2 * base:.2%}]",
+                        suspect=not ok)
     if not _better(value, base, higher):
-        return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}")
+        return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}", suspect=True)
     if champ is None:
         return decision(True, f"first version: {metric} {value:.4g} beats the naive baseline {base:.4g}")
     limit = champ * (1 - tolerance) if higher else champ * (1 + tolerance)

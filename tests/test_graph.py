@@ -83,3 +83,27 @@ def test_qa_sample_is_deterministic(refreshed):
     rerun = dg.materialize([dbt_scoring], partition_key=WEEK, resources=build_resources("local"))
     assert rerun.success
     assert query(lake_dir, "select customer_id from qa_review_sample order by customer_id") == first
+
+
+def test_a_refused_challenger_warns_and_the_champions_keep_scoring(refreshed, lake):
+    """A challenger that beats the baseline but not the champion is refused with a warning, not an
+    error: the champion stays and this week's predictions are still made, by the champions."""
+    from engagement_dagster.assets.models import train_models
+    from engagement_dagster.assets.scoring import customer_predictions
+
+    first, _ = refreshed
+    assert first.success
+    champions = {name: json.loads(lake.read_bytes(f"models/{name}/champion.json"))["version"] for name in MODEL_KINDS}
+    # Same data, but every challenger must now be 50% better than its champion: none can be.
+    rerun = dg.materialize([train_models, customer_predictions], partition_key=WEEK, resources=build_resources("local"),
+                           run_config={"ops": {"train_models": {"config": {"promotion_tolerance": -0.5}}}},
+                           raise_on_error=False)
+    assert rerun.success
+    gates = {c.asset_key.path[-1]: c for c in rerun.get_asset_check_evaluations() if c.check_name == "promotion_gate"}
+    supervised = {"engagement_model", "churn_model", "ltv_model", "content_recommender", "segment_model"}
+    for name in supervised:
+        assert not gates[name].passed and gates[name].severity == dg.AssetCheckSeverity.WARN
+        assert json.loads(lake.read_bytes(f"models/{name}/champion.json"))["version"] == champions[name]
+    scored = next(e for e in rerun.get_asset_materialization_events() if e.asset_key.path[-1] == "customer_predictions")
+    used = scored.event_specific_data.materialization.metadata["champion_versions"].value
+    assert {name: used[name] for name in supervised} == {name: champions[name] for name in supervised}

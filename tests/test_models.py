@@ -111,8 +111,11 @@ def test_gate_tolerance_against_the_champion():
     assert promotion_decision(ChurnModel, {"auc": 0.79}, baseline, {"auc": 0.80}).promote  # within 2%
     refused = promotion_decision(ChurnModel, {"auc": 0.75}, baseline, {"auc": 0.80})
     assert not refused.promote and "champion" in refused.reason
-    assert not promotion_decision(EngagementModel, {"rmse": 9.0}, {"rmse": 8.0}, None).promote
-    assert not promotion_decision(AnomalyModel, {"flagged_share": 0.2}, {"flagged_share": 0.02}, None).promote
+    assert not refused.blocks_scoring  # the champion is fine: it keeps scoring
+    broken = promotion_decision(EngagementModel, {"rmse": 9.0}, {"rmse": 8.0}, {"rmse": 7.0})
+    assert not broken.promote and broken.blocks_scoring  # no better than a naive guess: the data are suspect
+    anomalous = promotion_decision(AnomalyModel, {"flagged_share": 0.2}, {"flagged_share": 0.02}, None)
+    assert not anomalous.promote and anomalous.blocks_scoring
 
 
 def test_incomplete_versions_are_invisible(lake, trained):

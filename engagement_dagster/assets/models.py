@@ -23,7 +23,8 @@ MODEL_KEYS = {name: dg.AssetKey(["models", name]) for name in MODEL_KINDS}
 
 class TrainingConfig(dg.Config):
     promotion_tolerance: float = Field(
-        default=0.02, description="How much worse (relative) than the champion a challenger may be on the primary metric.")
+        default=0.02, description="How much worse (relative) than the champion a challenger may be on the primary "
+                                  "metric; negative: how much better it must be.")
 
 
 @dg.multi_asset(
@@ -32,7 +33,10 @@ class TrainingConfig(dg.Config):
                         partitions_def=weekly_partitions, skippable=True)
            for name, key in MODEL_KEYS.items()],
     check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, blocking=True,
-                                   description="beats the naive baseline and is not worse than the champion beyond the tolerance")
+                                   description="Promotes the challenger if it beats the naive baseline and is not worse "
+                                               "than the champion beyond the tolerance. Fails as an error (stops "
+                                               "scoring) when it does not beat the baseline; as a warning when only "
+                                               "the champion is better, which then keeps scoring.")
                  for key in MODEL_KEYS.values()],
     can_subset=True,
     partitions_def=weekly_partitions,
@@ -95,7 +99,8 @@ def _train_one(name, parts, roles, oracle, registry, tolerance, week, log, threa
         "model_card": dg.MetadataValue.md(card),
     })
     check = dg.AssetCheckResult(
-        asset_key=key, check_name="promotion_gate", passed=decision.promote, severity=dg.AssetCheckSeverity.ERROR,
+        asset_key=key, check_name="promotion_gate", passed=decision.promote,
+        severity=dg.AssetCheckSeverity.ERROR if decision.blocks_scoring else dg.AssetCheckSeverity.WARN,
         description=decision.reason,
         metadata={"metric": decision.metric, "challenger": decision.challenger, "baseline": decision.baseline,
                   "champion": decision.champion if decision.champion is not None else float("nan"),
