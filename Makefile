@@ -12,7 +12,7 @@ MANIFEST := dbt_project/target/manifest.json
 CUSTOMERS ?= 100000
 WEEK ?=
 
-.PHONY: setup run test ui bench manifest clean
+.PHONY: setup run test browser ui bench manifest clean
 
 setup: $(STAMP) $(MANIFEST)
 
@@ -34,8 +34,16 @@ run: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m engagement_dagster.cli run --customers $(CUSTOMERS) $(if $(WEEK),--week $(WEEK))
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+# The UI test drives a real Chromium. Installed from Debian when missing and apt is at hand;
+# elsewhere install Chromium yourself (or set ENGAGEMENT_CHROMIUM to its path).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$ENGAGEMENT_CHROMIUM" ] \
+	  || ! command -v apt-get >/dev/null \
+	  || { $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq \
+	       && $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 # Full weekly refresh, timed per stage; BENCH_CUSTOMERS="100000 1000000" for the larger size.
 BENCH_CUSTOMERS ?= 100000

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,3 +81,53 @@ def test_ui_shows_the_lineage_from_raw_customers_through_dbt_models_with_their_c
                                               ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change")}
     assert any(name.startswith("not_null_customer_model_input") for name in checks("features/customer_model_input"))
     assert checks("models/churn_model") == {"promotion_gate": True}
+
+
+def chromium_path() -> str | None:
+    found = os.environ.get("ENGAGEMENT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("ENGAGEMENT_REQUIRE_BROWSER"):
+        pytest.fail("no Chromium found, and ENGAGEMENT_REQUIRE_BROWSER is set (CI): `make browser` installs it")
+    return found
+
+
+def test_a_browser_shows_the_lineage_and_the_checks(webserver, tmp_path):
+    """The pages an operator opens in `make ui`, rendered by a real Chromium: the asset lineage
+    around the model-ready table, and the checks of raw_customers and of the dbt model."""
+    browser_path = chromium_path()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (set ENGAGEMENT_CHROMIUM, or run `make browser`)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+            def open_page(path):
+                page.goto(f"{webserver}/{path}", wait_until="networkidle")
+                skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter dialog
+                if skip.count():
+                    skip.click()
+
+            open_page("assets/features/customer_model_input?view=lineage&lineageScope=neighbors&lineageDepth=2")
+            graph = page.locator("body")
+            for node in ("raw_customers", "stg_customers", "customer_features", "churn_model", "ltv_model",
+                         "segment_model", "predictions_final"):
+                expect(graph.get_by_text(node, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "lineage.png"))
+
+            open_page("assets/features/customer_model_input?view=checks")
+            # The check list middle-truncates long names: pick the row, then read its full name.
+            page.get_by_text("columns_within", exact=False).filter(visible=True).first.click(timeout=30_000)
+            expect(page.get_by_text("columns_within_meta_range_customer_model_input_", exact=True)
+                   .filter(visible=True).first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("holds no null and no value outside", exact=False).filter(visible=True).first
+                   ).to_be_visible()  # the test's meta.description, shown as the check's
+            page.screenshot(path=str(tmp_path / "checks.png"))
+
+            open_page("assets/ingest/raw_customers?view=checks")
+            for check in ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change"):
+                expect(page.get_by_text(check, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
+        finally:
+            browser.close()

@@ -1,6 +1,7 @@
 -- Fails when a quartile of qa_review_sample does not hold exactly 100 rows (for weeks with at
 -- least 400 customers, every quartile has 100 to draw from).
-{{ config(tags=["scoring"], meta={"dagster": {"ref": {"name": "qa_review_sample"}}}) }}
+{{ config(tags=["scoring"], meta={"description": "qa_review_sample holds exactly 100 rows per quartile of predicted engagement (weeks of 400+ customers).",
+                              "dagster": {"ref": {"name": "qa_review_sample"}}}) }}
 select engagement_quartile, count(*) as sampled
 from {{ ref('qa_review_sample') }}
 group by engagement_quartile
