@@ -35,6 +35,7 @@ run: setup
 	$(BIN)/python -m engagement_dagster.cli run --customers $(CUSTOMERS) $(if $(WEEK),--week $(WEEK))
 
 test: setup browser
+	$(BIN)/ruff check engagement_dagster tests
 	$(BIN)/python -m pytest
 
 # The UI test drives a real Chromium. Installed from Debian when missing and apt is at hand;

@@ -71,7 +71,8 @@ class GlueCatalog(Catalog):
         root = table_uri.rstrip("/") + "/"
         self._ensure_database(glue)
         self._ensure_table(glue, table, root, glue_columns(schema))
-        storage = {**PARQUET_STORAGE, "Columns": glue_columns(schema), "Location": f"{root}snapshot_week={snapshot_week}/"}
+        storage = {**PARQUET_STORAGE, "Columns": glue_columns(schema),
+                   "Location": f"{root}snapshot_week={snapshot_week}/"}
         partition = {"Values": [snapshot_week], "StorageDescriptor": storage}
         try:
             glue.create_partition(DatabaseName=self.database, TableName=table, PartitionInput=partition)

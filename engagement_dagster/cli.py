@@ -86,10 +86,12 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
             + (f", oracle ceiling {oracle:.4g}" if oracle is not None else "") + ")"
             + ("  promoted" if meta["promoted"] else "  NOT promoted: champion kept"))
     lines = [
-        f"weekly refresh for snapshot week {week} ({environment()}): {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s",
+        (f"weekly refresh for snapshot week {week} ({environment()}): "
+         f"{'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s"),
         "  steps: " + ", ".join(f"{step} {sec:.1f} s" for step, sec in steps.items()),
         f"  assets materialized: {len(materialized)}",
-        *(f"    {key:<40} {'' if n is None else f'{n:,} row' + ('' if n == 1 else 's')}" for key, n in sorted(rows.items())),
+        *(f"    {key:<40} {'' if n is None else f'{n:,} row' + ('' if n == 1 else 's')}"
+          for key, n in sorted(rows.items())),
         *(["  models (test split):", *model_lines] if model_lines else []),
         f"  asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed"
         + "".join(f"\n    FAILED {c.asset_key.to_user_string()}:{c.check_name}" for c in failed),

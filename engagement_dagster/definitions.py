@@ -25,7 +25,8 @@ weekly_refresh = _job("weekly_refresh", dg.AssetSelection.all(),
                       "The whole graph for one snapshot week: ingest → dbt features → six models → scoring → marts.",
                       HEAVY_RUN_TAGS)
 training_job = _job("training", dg.AssetSelection.groups("models"),
-                    "Retrain the six models on the week's model-ready table (promotion through the gate).", HEAVY_RUN_TAGS)
+                    "Retrain the six models on the week's model-ready table (promotion through the gate).",
+                    HEAVY_RUN_TAGS)
 scoring_job = _job("scoring", dg.AssetSelection.groups("scoring"),
                    "Score every customer with the champions and rebuild the marts.", HEAVY_RUN_TAGS)
 

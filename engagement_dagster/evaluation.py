@@ -58,7 +58,8 @@ def fairness(model: ModelKind, test: pd.DataFrame, roles: FeatureRoles) -> dict[
     elif isinstance(model, EngagementModel):
         pred = model.predict(test)["predicted_engagement_score"].to_numpy()
         frame = test[list(roles.protected)].assign(
-            y=(test[model.target] >= HIGH_ENGAGEMENT).astype(int).to_numpy(), decision=(pred >= HIGH_ENGAGEMENT).astype(float))
+            y=(test[model.target] >= HIGH_ENGAGEMENT).astype(int).to_numpy(),
+            decision=(pred >= HIGH_ENGAGEMENT).astype(float))
     else:
         return {}
     return metrics.fairness_gaps(frame, roles.protected, "y", "decision")
@@ -107,10 +108,11 @@ def model_card(rep: dict, decision: GateDecision, week: str, fingerprint: str) -
         "",
         "| metric | model | naive baseline | oracle ceiling |",
         "|---|---|---|---|",
-        *(f"| {m} | {_fmt(v)} | {_fmt(rep['baseline'].get(m))} | {_fmt(ceiling.get(m))} |" for m, v in rep["test"].items()),
+        *(f"| {m} | {_fmt(v)} | {_fmt(rep['baseline'].get(m))} | {_fmt(ceiling.get(m))} |"
+          for m, v in rep["test"].items()),
         "",
-        "The oracle ceiling scores the generator's ground truth on the same rows: the best any model "
-        "could reach. It is blank for data without a known truth and for unsupervised models.",
+        ("The oracle ceiling scores the generator's ground truth on the same rows: the best any model "
+         "could reach. It is blank for data without a known truth and for unsupervised models."),
         "",
         "## Promotion gate",
         "",
@@ -130,7 +132,8 @@ def model_card(rep: dict, decision: GateDecision, week: str, fingerprint: str) -
         dims = list(rep["segments"][0]["profile_z"])
         lines += ["", "## Segments (centroids in standard deviations from the mean)", "",
                   "| segment | share | " + " | ".join(dims) + " |", "|---" * (len(dims) + 2) + "|",
-                  *(f"| {s['name']} | {s['share']:.1%} | " + " | ".join(f"{s['profile_z'][d]:+.2f}" for d in dims) + " |"
+                  *(f"| {s['name']} | {s['share']:.1%} | "
+                    + " | ".join(f"{s['profile_z'][d]:+.2f}" for d in dims) + " |"
                     for s in rep["segments"])]
     if rep["fit"].get("silhouette_by_k"):
         lines += ["", "## Choice of k (silhouette on a train sample)", "",

@@ -148,7 +148,8 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     traits = np.column_stack([t["activity"], soc, com, sat, reach])
     hour = t["peak_hour"]
     night, morning = (hour >= 22) | (hour < 5), (hour >= 5) & (hour < 10)
-    city_taste = np.random.default_rng(np.random.SeedSequence([seed, 2])).normal(0, 0.6, (len(LOCATIONS), len(CONTENT_CATEGORIES)))
+    city_taste = np.random.default_rng(np.random.SeedSequence([seed, 2])).normal(
+        0, 0.6, (len(LOCATIONS), len(CONTENT_CATEGORIES)))
     taste_logits = (0.8 * t["taste"] + traits @ np.array([TASTE_BY_TRAIT[c] for c in CONTENT_CATEGORIES]).T
                     + city_taste[t["location"]]
                     + night[:, None] * np.array([NIGHT_TASTE.get(c, 0.0) for c in CONTENT_CATEGORIES])
@@ -274,7 +275,8 @@ def generate_snapshot(n_customers: int, snapshot_week: dt.date | str, seed: int 
                     pd.concat([c.oracle for c in chunks], ignore_index=True))
 
 
-def write_snapshot(n_customers: int, snapshot_week: str, customers_path: Path, oracle_path: Path, seed: int = 42) -> int:
+def write_snapshot(n_customers: int, snapshot_week: str, customers_path: Path, oracle_path: Path,
+                   seed: int = 42) -> int:
     """Write a snapshot and its truth to Parquet one block at a time: memory stays at one block
     (about 100 MB) whatever ``n_customers`` is. Returns the rows written."""
     writers: dict[Path, pq.ParquetWriter] = {}

@@ -97,7 +97,8 @@ def quality_checks(frame: pd.DataFrame, previous_rows: int | None, max_null_rate
     outcomes.append(CheckOutcome("unique_customer_ids", dupes == 0, "customer_id is unique", {"duplicates": dupes}))
     rates = frame[[c for c in expected if c in frame]].isna().mean()
     worst = float(rates.max()) if len(rates) else 0.0
-    outcomes.append(CheckOutcome("null_rates", worst <= max_null_rate, f"null rate of every contract column <= {max_null_rate}",
+    outcomes.append(CheckOutcome("null_rates", worst <= max_null_rate,
+                                 f"null rate of every contract column <= {max_null_rate}",
                                  {"worst_null_rate": worst, "worst_column": str(rates.idxmax()) if len(rates) else ""}))
     out_of_range = {}
     for col in CONTRACT:
@@ -113,7 +114,8 @@ def quality_checks(frame: pd.DataFrame, previous_rows: int | None, max_null_rate
             bad |= (~values.isin(col.allowed)).to_numpy()
         if bad.any():
             out_of_range[col.name] = int(bad.sum())
-    outcomes.append(CheckOutcome("value_ranges", not out_of_range, "every value inside the contract's range or allowed set",
+    outcomes.append(CheckOutcome("value_ranges", not out_of_range,
+                                 "every value inside the contract's range or allowed set",
                                  {"violations": str(out_of_range or "none")}))
     change = None if not previous_rows else abs(len(frame) - previous_rows) / previous_rows
     outcomes.append(CheckOutcome("row_count_change", change is None or change <= max_row_change,

@@ -62,8 +62,8 @@ def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, 
 
     if kind.name == "anomaly_model":  # no "better" for a flag rate: it must stay near the target rate
         ok = 0.5 * base <= value <= 2 * base
-        return decision(ok, f"flagged share {value:.2%} {'within' if ok else 'outside'} [{0.5 * base:.2%}, {2 * base:.2%}]",
-                        suspect=not ok)
+        where = "within" if ok else "outside"
+        return decision(ok, f"flagged share {value:.2%} {where} [{0.5 * base:.2%}, {2 * base:.2%}]", suspect=not ok)
     if not _better(value, base, higher):
         return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}", suspect=True)
     if champ is None:
@@ -71,7 +71,8 @@ def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, 
     limit = champ * (1 - tolerance) if higher else champ * (1 + tolerance)
     if _better(limit, value, higher):
         return decision(False, f"{metric} {value:.4g} is worse than the champion's {champ:.4g} beyond {tolerance:.0%}")
-    return decision(True, f"{metric} {value:.4g} vs champion {champ:.4g} (tolerance {tolerance:.0%}) and baseline {base:.4g}")
+    return decision(True, f"{metric} {value:.4g} vs champion {champ:.4g} (tolerance {tolerance:.0%}) "
+                          f"and baseline {base:.4g}")
 
 
 class ModelRegistry:

@@ -37,10 +37,12 @@ def top_drivers(model: ChurnModel, frame: pd.DataFrame, approximate: bool, k: in
     return pd.DataFrame(out, index=frame.index)
 
 
-def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind, str]], id_column: str = "customer_id") -> pd.DataFrame:
+def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind, str]],
+          id_column: str = "customer_id") -> pd.DataFrame:
     """One row per customer: every model's output, churn drivers and the versions used."""
     out = frame[[id_column]].copy()
-    for name in ("engagement_model", "churn_model", "ltv_model", "segment_model", "anomaly_model", "content_recommender"):
+    for name in ("engagement_model", "churn_model", "ltv_model", "segment_model", "anomaly_model",
+                 "content_recommender"):
         model, _ = champions[name]
         out = out.join(model.predict(frame))
     churn: ChurnModel = champions["churn_model"][0]

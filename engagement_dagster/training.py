@@ -40,7 +40,8 @@ class FeatureSpec:
 
     @classmethod
     def from_training(cls, frame: pd.DataFrame, roles: FeatureRoles) -> FeatureSpec:
-        return cls(list(roles.features), {c: sorted(frame[c].dropna().astype(str).unique()) for c in roles.categoricals})
+        levels = {c: sorted(frame[c].dropna().astype(str).unique()) for c in roles.categoricals}
+        return cls(list(roles.features), levels)
 
     @property
     def columns(self) -> list[str]:
@@ -122,7 +123,8 @@ class _XGBoostModel(ModelKind):
         return frame[self.target].to_numpy(dtype="float32")
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> _XGBoostModel:
-        dtrain = xgb.QuantileDMatrix(self.spec.matrix(train), self._label(train), enable_categorical=True, max_bin=MAX_BIN)
+        dtrain = xgb.QuantileDMatrix(self.spec.matrix(train), self._label(train), enable_categorical=True,
+                                     max_bin=MAX_BIN)
         dvalid = xgb.QuantileDMatrix(self.spec.matrix(valid), self._label(valid), enable_categorical=True,
                                      max_bin=MAX_BIN, ref=dtrain)
         params = {"tree_method": "hist", "max_bin": MAX_BIN, "seed": SEED, "nthread": self.fit_threads, **self.params}
@@ -169,7 +171,7 @@ class EngagementModel(_XGBoostModel):
     target = "engagement_score"
     primary_metric, higher_is_better = "rmse", False
     description = "XGBoost regression of the engagement score (0–100), squared error."
-    params = {"objective": "reg:squarederror", "eta": 0.15, "max_depth": 5, "min_child_weight": 20,
+    params: ClassVar[dict] = {"objective": "reg:squarederror", "eta": 0.15, "max_depth": 5, "min_child_weight": 20,
               "subsample": 0.8, "colsample_bytree": 0.8}
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -189,7 +191,7 @@ class LtvModel(_XGBoostModel):
     # LTV is right-skewed and can be 0: a Tweedie loss (log link) models the mean directly, with no
     # retransformation bias of a log-target regression.
     description = "XGBoost regression of lifetime value (USD), Tweedie loss with log link (power 1.8)."
-    params = {"objective": "reg:tweedie", "tweedie_variance_power": 1.8, "eta": 0.15, "max_depth": 5,
+    params: ClassVar[dict] = {"objective": "reg:tweedie", "tweedie_variance_power": 1.8, "eta": 0.15, "max_depth": 5,
               "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -215,7 +217,7 @@ class ChurnModel(_XGBoostModel):
     primary_metric, higher_is_better = "auc", True
     description = ("XGBoost binary classifier of 30-day churn (classes not rebalanced), probabilities "
                    "calibrated by isotonic regression on the valid split.")
-    params = {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.1, "max_depth": 4,
+    params: ClassVar[dict] = {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.1, "max_depth": 4,
               "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
 
     def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None,
@@ -259,7 +261,7 @@ class ContentRecommender(_XGBoostModel):
     target = "content_category_primary"
     primary_metric, higher_is_better = "top3_accuracy", True
     description = "XGBoost multiclass (softmax) over content categories, served as the top 3 categories."
-    params = {"objective": "multi:softprob", "eval_metric": "mlogloss", "eta": 0.5, "max_depth": 4,
+    params: ClassVar[dict] = {"objective": "multi:softprob", "eval_metric": "mlogloss", "eta": 0.5, "max_depth": 4,
               "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
     max_rounds = 150  # one tree per class per round: 12 classes cost 12× a binary round
 

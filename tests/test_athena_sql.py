@@ -30,7 +30,7 @@ def test_every_model_and_test_compiles_to_trino_sql(aws_endpoint, tmp_path):
     done = subprocess.run(
         [dbt, "compile", "--target", "prod", "--project-dir", "dbt_project", "--profiles-dir", "dbt_project",
          "--target-path", str(tmp_path / "target")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=os.environ.copy(), check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

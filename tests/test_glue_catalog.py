@@ -60,7 +60,8 @@ def test_a_new_column_widens_the_table_and_old_columns_stay(aws):
                                               "churn_probability": [0.2]}), preserve_index=False)
     catalog.register_partition("customer_predictions", "s3://catalog-lake/prod/predictions", old, WEEK_1)
     catalog.register_partition("customer_predictions", "s3://catalog-lake/prod/predictions", new, WEEK_2)
-    columns = aws.get_table(DatabaseName="catalog_raw", Name="customer_predictions")["Table"]["StorageDescriptor"]["Columns"]
+    table = aws.get_table(DatabaseName="catalog_raw", Name="customer_predictions")["Table"]
+    columns = table["StorageDescriptor"]["Columns"]
     assert [(c["Name"], c["Type"]) for c in columns] == [
         ("customer_id", "string"), ("churn_probability", "double"), ("segment_id", "int")]
     partitions = aws.get_partitions(DatabaseName="catalog_raw", TableName="customer_predictions")["Partitions"]

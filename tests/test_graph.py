@@ -39,7 +39,8 @@ def test_the_whole_refresh(refreshed, lake):
         "scoring/customer_predictions", "scoring/predictions_final", "scoring/qa_review_sample",
         "scoring/at_risk_customers", "scoring/high_engagement_customers", "scoring/churn_by_segment",
         "scoring/weekly_prediction_summary"} <= built
-    gates = {c.asset_key.path[-1]: c.passed for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate"}
+    gates = {c.asset_key.path[-1]: c.passed for c in result.get_asset_check_evaluations()
+             if c.check_name == "promotion_gate"}
     assert gates == {name: True for name in MODEL_KINDS}  # first versions beat their baselines
     assert all(c.passed for c in result.get_asset_check_evaluations())
 
@@ -48,11 +49,13 @@ def test_the_whole_refresh(refreshed, lake):
         pointer = json.loads(lake.read_bytes(f"models/{name}/champion.json"))
         card = lake.read_bytes(f"models/{name}/{pointer['version']}/card.md").decode()
         assert "| metric | model | naive baseline | oracle ceiling |" in card
-    churn_card = lake.read_bytes(f"models/churn_model/{json.loads(lake.read_bytes('models/churn_model/champion.json'))['version']}/card.md").decode()
+    churn_version = json.loads(lake.read_bytes("models/churn_model/champion.json"))["version"]
+    churn_card = lake.read_bytes(f"models/churn_model/{churn_version}/card.md").decode()
     assert "| auc |" in churn_card and "| – |" not in churn_card.split("| auc |")[1].splitlines()[0]
 
     # numeric metadata the UI can plot across runs
-    churn_event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["models", "churn_model"])
+    churn_event = next(e for e in result.get_asset_materialization_events()
+                       if e.asset_key.path == ["models", "churn_model"])
     metadata = churn_event.event_specific_data.materialization.metadata
     assert isinstance(metadata["test_auc"].value, float) and "oracle_auc" in metadata
 
@@ -63,10 +66,13 @@ def test_the_whole_refresh(refreshed, lake):
     assert query(lake_dir, "select count(*) from weekly_prediction_summary") == [(1,)]
     segments = query(lake_dir, "select count(*), sum(customers) from churn_by_segment")[0]
     assert segments[1] == N and 3 <= segments[0] <= 8
-    risky = query(lake_dir, "select count(*), min(churn_probability), count(distinct churn_drivers_method) from at_risk_customers")[0]
+    risky = query(lake_dir, "select count(*), min(churn_probability), count(distinct churn_drivers_method) "
+                            "from at_risk_customers")[0]
     assert risky[0] == 0 or (risky[1] >= 0.5 and risky[2] == 1)
-    assert query(lake_dir, "select min(predicted_engagement_score) >= 70 from high_engagement_customers") in ([(True,)], [(None,)])
-    columns = {row[0] for row in query(lake_dir, "select column_name from information_schema.columns where table_name = 'predictions_final'")}
+    assert query(lake_dir, "select min(predicted_engagement_score) >= 70 from high_engagement_customers") in (
+        [(True,)], [(None,)])
+    columns = {row[0] for row in query(
+        lake_dir, "select column_name from information_schema.columns where table_name = 'predictions_final'")}
     assert not columns & {"email", "full_name", "phone"}
 
     # the summary `make run` prints: rows of every table, each model beside its baseline

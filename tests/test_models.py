@@ -27,7 +27,8 @@ def parts(model_input):
     return splits(frame, roles)
 
 
-@pytest.mark.parametrize("name", ["engagement_model", "churn_model", "ltv_model", "content_recommender", "segment_model"])
+@pytest.mark.parametrize("name", ["engagement_model", "churn_model", "ltv_model", "content_recommender",
+                                  "segment_model"])
 def test_every_supervised_and_segment_model_beats_its_naive_baseline(trained, parts, name):
     model = trained[name]
     test_metrics, baseline = model.evaluate(parts["test"]), model.baseline(parts["train"], parts["test"])
@@ -85,7 +86,8 @@ def test_driver_contributions_plus_bias_add_up_to_the_margin(trained, parts):
 def test_registry_round_trip_and_a_worse_challenger_is_refused(lake, parts, model_input):
     _, roles, _ = model_input
     registry = ModelRegistry(lake)
-    good = EngagementModel(new_model("engagement_model", parts["train"], roles).spec).fit(parts["train"], parts["valid"])
+    spec = new_model("engagement_model", parts["train"], roles).spec
+    good = EngagementModel(spec).fit(parts["train"], parts["valid"])
     test_metrics = good.evaluate(parts["test"])
     first = promotion_decision(EngagementModel, test_metrics, good.baseline(parts["train"], parts["test"]), None)
     version = registry.register(good, {"test": test_metrics}, "card", data_fingerprint(parts["train"]))
@@ -96,9 +98,11 @@ def test_registry_round_trip_and_a_worse_challenger_is_refused(lake, parts, mode
     pd.testing.assert_frame_equal(loaded.predict(parts["test"]), good.predict(parts["test"]))
 
     # A challenger trained on shuffled labels has learned nothing.
-    shuffled = parts["train"].assign(engagement_score=parts["train"]["engagement_score"].sample(frac=1, random_state=1).to_numpy())
+    noise = parts["train"]["engagement_score"].sample(frac=1, random_state=1).to_numpy()
+    shuffled = parts["train"].assign(engagement_score=noise)
     worse = EngagementModel(good.spec).fit(shuffled, parts["valid"])
-    decision = promotion_decision(EngagementModel, worse.evaluate(parts["test"]), worse.baseline(parts["train"], parts["test"]),
+    decision = promotion_decision(EngagementModel, worse.evaluate(parts["test"]),
+                                  worse.baseline(parts["train"], parts["test"]),
                                   loaded.evaluate(parts["test"]))
     assert not decision.promote
     registry.register(worse, {"test": worse.evaluate(parts["test"])}, "card", data_fingerprint(shuffled))
@@ -143,7 +147,8 @@ def test_predictions_cover_every_customer_exactly_once_across_shards(lake, train
     exact = predictions["churn_drivers_method"] == "exact_treeshap"
     assert (predictions.loc[exact, "churn_probability"] >= scoring.AT_RISK_CHURN_PROBABILITY).all()
     assert (predictions.loc[~exact, "churn_probability"] < scoring.AT_RISK_CHURN_PROBABILITY).all()
-    assert predictions[["recommended_category_1", "recommended_category_2", "recommended_category_3"]].nunique(axis=1).eq(3).all()
+    top3 = predictions[["recommended_category_1", "recommended_category_2", "recommended_category_3"]]
+    assert top3.nunique(axis=1).eq(3).all()
 
 
 def test_at_risk_threshold_is_the_same_in_python_and_dbt():

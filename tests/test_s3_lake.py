@@ -22,7 +22,8 @@ def test_parquet_round_trip_listing_and_uris(s3_lake, s3_endpoint):
     frame = pd.DataFrame({"customer_id": ["1", "2"], "engagement_score": [10.5, 99.0]})
     uri = s3_lake.write_parquet("raw/customers/snapshot_week=2026-11-09/customers.parquet", frame)
     assert uri == "s3://engagement-lake/team/a/raw/customers/snapshot_week=2026-11-09/customers.parquet"
-    pd.testing.assert_frame_equal(s3_lake.read_parquet("raw/customers/snapshot_week=2026-11-09/customers.parquet"), frame)
+    pd.testing.assert_frame_equal(
+        s3_lake.read_parquet("raw/customers/snapshot_week=2026-11-09/customers.parquet"), frame)
     assert s3_lake.exists("raw/customers/snapshot_week=2026-11-09/customers.parquet")
     assert not s3_lake.exists("raw/customers/snapshot_week=2026-11-09/customers")  # a prefix is not an object
     s3_lake.write_bytes("models/churn_model/champion.json", b"{}")

@@ -152,7 +152,8 @@ def test_a_users_weekly_files_are_read_by_week(lake_dir, lake, tmp_path, monkeyp
     from engagement_dagster.generator import generate_snapshot
 
     for week in (WEEK_1, WEEK_2):  # the seed platform's 42-column format, one file per week
-        generate_snapshot(500, week).customers[list(CONTRACT_COLUMNS)].to_csv(tmp_path / f"customers_{week}.csv", index=False)
+        customers = generate_snapshot(500, week).customers[list(CONTRACT_COLUMNS)]
+        customers.to_csv(tmp_path / f"customers_{week}.csv", index=False)
     monkeypatch.setenv("ENGAGEMENT_SOURCE_URI", str(tmp_path / "customers_{snapshot_week}.csv"))
     assert materialize(WEEK_2, assets=(raw_customers,)).success
     written = lake.read_parquet(raw_key(WEEK_2))

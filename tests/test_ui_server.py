@@ -72,13 +72,14 @@ def test_ui_shows_the_lineage_from_raw_customers_through_dbt_models_with_their_c
     assert nodes["features/stg_customers"]["groupName"] == "features"
     assert ["ingest", "raw_customers"] in [d["path"] for d in nodes["features/stg_customers"]["dependencyKeys"]]
     assert ["features", "customer_model_input"] in [d["path"] for d in nodes["models/churn_model"]["dependencyKeys"]]
-    assert ["scoring", "customer_predictions"] in [d["path"] for d in nodes["scoring/predictions_final"]["dependencyKeys"]]
+    predictions_final_deps = [d["path"] for d in nodes["scoring/predictions_final"]["dependencyKeys"]]
+    assert ["scoring", "customer_predictions"] in predictions_final_deps
 
     def checks(key):
         return {c["name"]: c["blocking"] for c in nodes[key]["assetChecksOrError"]["checks"]}
 
-    assert checks("ingest/raw_customers") == {name: True for name in
-                                              ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change")}
+    raw_checks = ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change")
+    assert checks("ingest/raw_customers") == {name: True for name in raw_checks}
     assert any(name.startswith("not_null_customer_model_input") for name in checks("features/customer_model_input"))
     assert checks("models/churn_model") == {"promotion_gate": True}
 

@@ -27,16 +27,18 @@ class TrainingConfig(dg.Config):
                                   "metric; negative: how much better it must be.")
 
 
+GATE_DESCRIPTION = ("Promotes the challenger if it beats the naive baseline and is not worse than the champion "
+                    "beyond the tolerance. Fails as an error (stops scoring) when it does not beat the baseline; "
+                    "as a warning when only the champion is better, which then keeps scoring.")
+
+
 @dg.multi_asset(
     specs=[dg.AssetSpec(key, deps=[MODEL_INPUT_KEY], group_name="models", description=MODEL_KINDS[name].description,
                         kinds={"xgboost"} if name not in ("segment_model", "anomaly_model") else {"scikitlearn"},
                         partitions_def=weekly_partitions, skippable=True)
            for name, key in MODEL_KEYS.items()],
     check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, blocking=True,
-                                   description="Promotes the challenger if it beats the naive baseline and is not worse "
-                                               "than the champion beyond the tolerance. Fails as an error (stops "
-                                               "scoring) when it does not beat the baseline; as a warning when only "
-                                               "the champion is better, which then keeps scoring.")
+                                   description=GATE_DESCRIPTION)
                  for key in MODEL_KEYS.values()],
     can_subset=True,
     partitions_def=weekly_partitions,
@@ -63,7 +65,8 @@ def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake
 
 
 # Longest first, so the two workers finish close together.
-TRAINING_ORDER = ("content_recommender", "engagement_model", "segment_model", "churn_model", "ltv_model", "anomaly_model")
+TRAINING_ORDER = ("content_recommender", "engagement_model", "segment_model", "churn_model", "ltv_model",
+                  "anomaly_model")
 
 
 def _train_one(name, parts, roles, oracle, registry, tolerance, week, log, threads):

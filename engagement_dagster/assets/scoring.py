@@ -56,6 +56,7 @@ def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfi
         "total_predicted_ltv_usd": float(predictions["predicted_lifetime_value_usd"].sum()),
         "anomaly_share": float(predictions["is_anomaly"].mean()),
         "exact_driver_rows": int((predictions["churn_drivers_method"] == "exact_treeshap").sum()),
-        "segments": dg.MetadataValue.md(predictions["segment"].value_counts().rename("customers").to_frame().to_markdown()),
+        "segments": dg.MetadataValue.md(
+            predictions["segment"].value_counts().rename("customers").to_frame().to_markdown()),
         "champion_versions": dg.MetadataValue.json({n: v for n, (_, v) in champions.items()}),
     })
