@@ -69,10 +69,10 @@ class GlueCatalog(Catalog):
     def register_partition(self, table: str, table_uri: str, schema: pa.Schema, snapshot_week: str) -> None:
         glue = boto3.client("glue", region_name=self.region_name, endpoint_url=self.endpoint_url)
         root = table_uri.rstrip("/") + "/"
+        columns = glue_columns(schema)
         self._ensure_database(glue)
-        self._ensure_table(glue, table, root, glue_columns(schema))
-        storage = {**PARQUET_STORAGE, "Columns": glue_columns(schema),
-                   "Location": f"{root}snapshot_week={snapshot_week}/"}
+        self._ensure_table(glue, table, root, columns)
+        storage = {**PARQUET_STORAGE, "Columns": columns, "Location": f"{root}snapshot_week={snapshot_week}/"}
         partition = {"Values": [snapshot_week], "StorageDescriptor": storage}
         try:
             glue.create_partition(DatabaseName=self.database, TableName=table, PartitionInput=partition)

@@ -112,7 +112,9 @@ class ModelKind:
 
 
 class _XGBoostModel(ModelKind):
-    params: ClassVar[dict] = {}
+    params: ClassVar[dict] = {}  # objective, learning rate, depth: per model
+    # Regularisation every booster here shares: leaves of at least 20 rows, row and column sampling.
+    shared_params: ClassVar[dict] = {"min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
     max_rounds: ClassVar[int] = 400
 
     def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None):
@@ -127,7 +129,8 @@ class _XGBoostModel(ModelKind):
                                      max_bin=MAX_BIN)
         dvalid = xgb.QuantileDMatrix(self.spec.matrix(valid), self._label(valid), enable_categorical=True,
                                      max_bin=MAX_BIN, ref=dtrain)
-        params = {"tree_method": "hist", "max_bin": MAX_BIN, "seed": SEED, "nthread": self.fit_threads, **self.params}
+        params = {"tree_method": "hist", "max_bin": MAX_BIN, "seed": SEED, "nthread": self.fit_threads,
+                  **self.shared_params, **self.params}
         self.booster = xgb.train(params, dtrain, self.max_rounds, evals=[(dvalid, "valid")],
                                  early_stopping_rounds=EARLY_STOPPING_ROUNDS, verbose_eval=False)
         # Keep only the trees up to the best iteration, so every later use sees the chosen model.
@@ -171,8 +174,7 @@ class EngagementModel(_XGBoostModel):
     target = "engagement_score"
     primary_metric, higher_is_better = "rmse", False
     description = "XGBoost regression of the engagement score (0–100), squared error."
-    params: ClassVar[dict] = {"objective": "reg:squarederror", "eta": 0.15, "max_depth": 5, "min_child_weight": 20,
-              "subsample": 0.8, "colsample_bytree": 0.8}
+    params: ClassVar[dict] = {"objective": "reg:squarederror", "eta": 0.15, "max_depth": 5}
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"predicted_engagement_score": np.clip(self.raw_predict(frame), 0, 100)}, index=frame.index)
@@ -191,8 +193,7 @@ class LtvModel(_XGBoostModel):
     # LTV is right-skewed and can be 0: a Tweedie loss (log link) models the mean directly, with no
     # retransformation bias of a log-target regression.
     description = "XGBoost regression of lifetime value (USD), Tweedie loss with log link (power 1.8)."
-    params: ClassVar[dict] = {"objective": "reg:tweedie", "tweedie_variance_power": 1.8, "eta": 0.15, "max_depth": 5,
-              "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
+    params: ClassVar[dict] = {"objective": "reg:tweedie", "tweedie_variance_power": 1.8, "eta": 0.15, "max_depth": 5}
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"predicted_lifetime_value_usd": self.raw_predict(frame)}, index=frame.index)
@@ -217,8 +218,7 @@ class ChurnModel(_XGBoostModel):
     primary_metric, higher_is_better = "auc", True
     description = ("XGBoost binary classifier of 30-day churn (classes not rebalanced), probabilities "
                    "calibrated by isotonic regression on the valid split.")
-    params: ClassVar[dict] = {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.1, "max_depth": 4,
-              "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
+    params: ClassVar[dict] = {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.1, "max_depth": 4}
 
     def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None,
                  calibration: tuple[list[float], list[float]] | None = None):
@@ -261,8 +261,7 @@ class ContentRecommender(_XGBoostModel):
     target = "content_category_primary"
     primary_metric, higher_is_better = "top3_accuracy", True
     description = "XGBoost multiclass (softmax) over content categories, served as the top 3 categories."
-    params: ClassVar[dict] = {"objective": "multi:softprob", "eval_metric": "mlogloss", "eta": 0.5, "max_depth": 4,
-              "min_child_weight": 20, "subsample": 0.8, "colsample_bytree": 0.8}
+    params: ClassVar[dict] = {"objective": "multi:softprob", "eval_metric": "mlogloss", "eta": 0.5, "max_depth": 4}
     max_rounds = 150  # one tree per class per round: 12 classes cost 12× a binary round
 
     def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None, classes: list[str] | None = None):

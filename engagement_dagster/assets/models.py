@@ -64,7 +64,7 @@ def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake
             yield from future.result()
 
 
-# Longest first, so the two workers finish close together.
+# Longest fits first, so the workers finish close together.
 TRAINING_ORDER = ("content_recommender", "engagement_model", "segment_model", "churn_model", "ltv_model",
                   "anomaly_model")
 
