@@ -33,31 +33,32 @@ import pyarrow.parquet as pq
 
 EPOCH = dt.date(2026, 1, 5)  # a Monday: week 0 of the synthetic world
 BLOCK = 65_536  # latent traits are drawn per block of customer indices
+# The seed platform's 12 content categories and its location codes (country-region).
 CONTENT_CATEGORIES = (
-    "dating_tips", "fitness", "food", "gaming", "music", "photography",
-    "tech", "travel", "fashion", "career", "comedy", "pets",
+    "travel", "business", "gaming", "tech", "music", "other",
+    "education", "fitness", "art", "fashion", "lifestyle", "food",
 )
 LOCATIONS = (
-    "New York", "Los Angeles", "Chicago", "Houston", "Phoenix", "Philadelphia", "San Antonio",
-    "San Diego", "Dallas", "Austin", "Seattle", "Denver", "Boston", "Miami", "Atlanta",
+    "US-CA", "US-NY", "US-TX", "US-FL", "US-IL", "US-WA", "UK-LON", "UK-MAN", "DE-BER", "DE-MUN",
+    "FR-IDF", "ES-MAD", "IT-MIL", "CA-ON", "AU-NSW",
 )
 PLATFORMS = ("ios", "android", "web")
 CHANNELS = ("organic", "paid_social", "referral", "search", "partnership")
 TIERS = ("Nano", "Micro", "Mid", "Macro", "Mega")
 FIRST_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Riley", "Jamie", "Avery", "Quinn")
 LAST_NAMES = ("Smith", "Garcia", "Chen", "Okafor", "Müller", "Rossi", "Kim", "Silva", "Novak", "Khan")
-# Content taste is partly visible: latent traits, city and the hour a customer is active tilt it
-# (columns: activity, sociality, commerce, satisfaction, reach), the rest is idiosyncratic.
+# Content taste is partly visible: latent traits, location and the hour a customer is active tilt
+# it (columns: activity, sociality, commerce, satisfaction, reach), the rest is idiosyncratic.
 TASTE_BY_TRAIT = {
-    "dating_tips": (0.0, 0.9, 0.0, 0.0, 0.0), "fitness": (0.9, 0.0, 0.0, 0.2, 0.0),
-    "food": (0.0, 0.3, 0.3, 0.3, 0.0), "gaming": (0.4, -0.8, 0.0, 0.0, 0.0),
-    "music": (0.0, 0.3, 0.0, 0.0, 0.5), "photography": (0.0, 0.0, 0.0, 0.0, 0.9),
-    "tech": (0.3, -0.4, 0.5, 0.0, 0.0), "travel": (0.0, 0.2, 0.6, 0.2, 0.0),
-    "fashion": (0.0, 0.5, 0.0, 0.0, 0.6), "career": (0.0, 0.0, 0.9, 0.0, 0.0),
-    "comedy": (0.0, 0.0, 0.0, 0.8, 0.0), "pets": (-0.4, 0.0, 0.0, 0.5, 0.0),
+    "travel": (0.0, 0.2, 0.6, 0.2, 0.0), "business": (0.0, 0.0, 0.9, 0.0, 0.0),
+    "gaming": (0.4, -0.8, 0.0, 0.0, 0.0), "tech": (0.3, -0.4, 0.5, 0.0, 0.0),
+    "music": (0.0, 0.3, 0.0, 0.0, 0.5), "other": (-0.4, 0.0, 0.0, 0.5, 0.0),
+    "education": (0.0, 0.0, 0.4, 0.6, 0.0), "fitness": (0.9, 0.0, 0.0, 0.2, 0.0),
+    "art": (0.0, 0.0, 0.0, 0.0, 0.9), "fashion": (0.0, 0.5, 0.0, 0.0, 0.6),
+    "lifestyle": (0.0, 0.9, 0.0, 0.0, 0.0), "food": (0.0, 0.3, 0.3, 0.3, 0.0),
 }
-NIGHT_TASTE = {"gaming": 0.9, "music": 0.6, "comedy": 0.3}  # active 22:00–04:59
-MORNING_TASTE = {"fitness": 0.8, "career": 0.6, "food": 0.3}  # active 05:00–09:59
+NIGHT_TASTE = {"gaming": 0.9, "music": 0.6, "art": 0.3}  # active 22:00–04:59
+MORNING_TASTE = {"fitness": 0.8, "business": 0.6, "food": 0.3}  # active 05:00–09:59
 ORACLE_COLUMNS = (
     "customer_id", "true_churn_probability", "expected_engagement_score", "expected_lifetime_value_usd",
     *(f"affinity_{c}" for c in CONTENT_CATEGORIES),
@@ -104,8 +105,26 @@ def _latent_traits(seed: int, block: int, offsets: np.ndarray) -> dict[str, np.n
         "last_name": rng.integers(0, len(LAST_NAMES), BLOCK)[offsets],
         "phone": rng.integers(2_000_000_000, 9_999_999_999, BLOCK)[offsets],
         "peak_hour": rng.integers(0, 24, BLOCK)[offsets],
+        "id_bytes": rng.integers(0, 256, (BLOCK, 16), dtype=np.uint8)[offsets],
     }
     return traits
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_UUID_HEX_POSITIONS = [i for i in range(36) if i not in (8, 13, 18, 23)]
+
+
+def _uuid4_strings(raw: np.ndarray) -> np.ndarray:
+    """Random-looking (version 4) UUID strings from 16 bytes per row, vectorized: the seed's
+    export identifies customers by UUID."""
+    raw = raw.copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    digits = np.empty((len(raw), 32), dtype=np.uint8)
+    digits[:, 0::2], digits[:, 1::2] = _HEX[raw >> 4], _HEX[raw & 0x0F]
+    text = np.full((len(raw), 36), ord("-"), dtype=np.uint8)
+    text[:, _UUID_HEX_POSITIONS] = digits
+    return text.view("S36").ravel().astype(str)
 
 
 def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> Snapshot:
@@ -141,8 +160,8 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     revenue = np.where(com + 0.3 * rng.standard_normal(n) > -0.3,
                        np.exp(3.5 + 0.9 * com + 0.4 * rng.standard_normal(n)), 0.0)
     job_rating = np.clip(3.8 + 0.5 * sat + 0.3 * rng.standard_normal(n), 1, 5)
-    influence = np.clip(50 + 18 * reach + 6 * soc + 5 * rng.standard_normal(n), 0, 100)
-    risk = np.clip(30 - 12 * sat + 8 * rng.standard_normal(n), 0, 100)
+    influence = np.clip(0.50 + 0.18 * reach + 0.06 * soc + 0.05 * rng.standard_normal(n), 0, 1)
+    risk = np.clip(0.30 - 0.12 * sat + 0.08 * rng.standard_normal(n), 0, 1)
     sentiment = np.clip(np.tanh(0.6 * sat + 0.3 * rng.standard_normal(n)), -1, 1)
     centrality = np.clip(_sigmoid(0.8 * soc + 0.5 * reach - 1 + 0.3 * rng.standard_normal(n)), 0, 1)
     traits = np.column_stack([t["activity"], soc, com, sat, reach])
@@ -158,9 +177,10 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     taste_probs /= taste_probs.sum(axis=1, keepdims=True)
     diversity = np.clip(1 - taste_probs.max(axis=1) + 0.05 * rng.standard_normal(n), 0, 1)
     consistency = np.clip(_sigmoid(0.7 * act + 0.5 * sat + 0.4 * rng.standard_normal(n)), 0, 1)
-    # The 7-day trend is a view of the week's activity shock, not of the engagement target.
-    trend = np.clip(0.25 * (act - t["activity"] - drift) / 0.15 + 0.3 * sat + 0.3 * rng.standard_normal(n), -1, 1)
-    trust = np.clip(60 + 12 * sat + 6 * com + 8 * rng.standard_normal(n), 0, 100)
+    # The 7-day trend is a view of the week's activity shock, not of the engagement target: a
+    # change around 0 that, as in the seed's export, goes beyond ±1.
+    trend = 0.2 * (act - t["activity"] - drift) / 0.15 + 0.25 * sat + 0.25 * rng.standard_normal(n)
+    trust = np.clip(0.60 + 0.12 * sat + 0.06 * com + 0.08 * rng.standard_normal(n), 0, 1)
     response_hours = np.exp(1.5 - 0.4 * act - 0.2 * sat + 0.5 * rng.standard_normal(n))
     referrals = rng.poisson(np.exp(-0.3 + 0.5 * soc + 0.3 * sat))
     first_tx_days = np.where(revenue > 0, np.minimum(tenure * 30, rng.integers(1, 1500, n)), -1)
@@ -168,21 +188,22 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     tier = np.digitize(np.log1p(followers), [5.0, 6.5, 8.0, 9.5])
 
     # --- Ground truth: documented functions of the latent traits (nonlinear, with interactions).
-    expected_engagement = np.clip(
-        45 + 14 * np.tanh(act) + 8 * soc + 6 * sat + 5 * np.maximum(reach, 0) * np.maximum(act, 0), 0, 100)
-    churn_logit = (-1.4 - 0.9 * sat - 0.7 * np.tanh(act) + 0.8 * new_customer
+    # Engagement is a fraction 0–1 (the seed's mean is about 0.37); churn about 38%.
+    expected_engagement = np.clip(0.325 + 0.14 * np.tanh(act) + 0.08 * soc + 0.06 * sat
+                                  + 0.05 * np.maximum(reach, 0) * np.maximum(act, 0), 0, 1)
+    churn_logit = (-0.62 - 0.9 * sat - 0.7 * np.tanh(act) + 0.8 * new_customer
                    - 0.5 * np.maximum(com, 0) * (sat > 0) + 0.6 * (act < -1))
     true_churn = _sigmoid(churn_logit)
     expected_ltv = np.exp(4.0 + 0.8 * com + 0.3 * act + 0.2 * sat) * (1 - 0.6 * true_churn) * (1 + 0.5 * (premium > 2))
     # --- Outcomes: truth plus per-row noise.
-    engagement = np.clip(expected_engagement + 7 * rng.standard_normal(n), 0, 100)
+    engagement = np.clip(expected_engagement + 0.07 * rng.standard_normal(n), 0, 1)
     churn = (rng.random(n) < true_churn).astype(np.int8)
     ltv_sigma = 0.5
     ltv = expected_ltv * np.exp(ltv_sigma * rng.standard_normal(n) - ltv_sigma**2 / 2)
     cum = taste_probs.cumsum(axis=1)
     content = (rng.random((n, 1)) > cum).sum(axis=1).clip(max=len(CONTENT_CATEGORIES) - 1)
 
-    ids = pd.Series(idx + 1).astype(str)
+    ids = pd.Series(_uuid4_strings(t["id_bytes"]))
     cats = np.array(CONTENT_CATEGORIES)
     snapshot_date = EPOCH + dt.timedelta(weeks=week)
     signup = pd.to_datetime(snapshot_date) - pd.to_timedelta(tenure * 30, unit="D")
@@ -196,10 +217,10 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
         "tenure_months": tenure.astype(np.int64),
         "sessions_last_7_days": sessions.astype(np.int64),
         "session_duration_avg_minutes": duration.round(2),
-        "engagement_score": engagement.round(2),
+        "engagement_score": engagement.round(4),
         "swipes_right_last_30_days": swipes.astype(np.int64),
         "matches_last_30_days": matches.astype(np.int64),
-        "match_success_rate": np.where(swipes > 0, matches / np.maximum(swipes, 1), 0.0).round(4),
+        "match_success_rate": np.where(swipes > 0, 100 * matches / np.maximum(swipes, 1), 0.0).round(2),
         "connections_sent": conn_sent.astype(np.int64),
         "connections_received": conn_recv.astype(np.int64),
         "total_connections": (conn_sent + conn_recv).astype(np.int64),
@@ -214,14 +235,14 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
         "active_gigs_count": active_gigs.astype(np.int64),
         "transaction_revenue_last_90_days": revenue.round(2),
         "avg_job_completion_rating": job_rating.round(2),
-        "influence_score": influence.round(2),
-        "risk_score": risk.round(2),
+        "influence_score": influence.round(4),
+        "risk_score": risk.round(4),
         "avg_sentiment_score": sentiment.round(4),
         "network_centrality": centrality.round(4),
         "content_diversity_score": diversity.round(4),
         "session_consistency_score": consistency.round(4),
         "last_7_day_engagement_trend": trend.round(4),
-        "trust_score": trust.round(2),
+        "trust_score": trust.round(4),
         "response_time_avg_hours": response_hours.round(2),
         "peak_activity_hour": t["peak_hour"].astype(np.int64),
         "referral_count": referrals.astype(np.int64),
@@ -232,7 +253,7 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
         "lifetime_value_usd": ltv.round(2),
         "content_category_primary": cats[content],
         # Extra columns beyond the seed's 42, direct identifiers (PII) included on purpose.
-        "email": "user" + ids + "@example.com",
+        "email": "user" + pd.Series(idx + 1).astype(str) + "@example.com",
         "full_name": np.char.add(np.char.add(np.array(FIRST_NAMES)[t["first_name"]], " "),
                                  np.array(LAST_NAMES)[t["last_name"]]),
         "phone": "+1" + pd.Series(t["phone"]).astype(str),

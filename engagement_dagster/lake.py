@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,11 @@ class Lake(dg.ConfigurableResource):
         raise NotImplementedError
 
     def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def write_file(self, key: str, path: Path) -> str:
+        """Publish a finished local file under ``key`` in one atomic step (large files never pass
+        through memory)."""
         raise NotImplementedError
 
     def write_parquet(self, key: str, frame: pd.DataFrame) -> str:
@@ -91,6 +97,19 @@ class LocalLake(Lake):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def write_file(self, key: str, path: Path) -> str:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)  # beside the target first: the rename below is then atomic
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(target)
+
 
 class S3Lake(Lake):
     bucket: str = Field(description="S3 bucket of the lake.")
@@ -126,3 +145,8 @@ class S3Lake(Lake):
 
     def delete(self, key: str) -> None:
         self._client().delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def write_file(self, key: str, path: Path) -> str:
+        # Multipart for large files; the object appears only when the upload completes.
+        self._client().upload_file(str(path), self.bucket, self._key(key))
+        return self.uri(key)

@@ -2,7 +2,8 @@ import pytest
 
 from engagement_dagster.contract import CONTRACT_COLUMNS, PII_COLUMNS, ContractViolation
 from engagement_dagster.generator import generate_snapshot
-from engagement_dagster.ingest import prepare_snapshot, read_source
+from engagement_dagster.ingest import prepare_snapshot
+from engagement_dagster.sources import read_source
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,8 @@ def test_seed_platform_42_column_csv_loads_as_is(tmp_path, customers):
     frame, dropped = prepare_snapshot(read_source(path), path)
     assert len(frame) == 500 and dropped == []
     assert frame["customer_id"].dtype.kind in "OT" or str(frame["customer_id"].dtype).startswith(("str", "string"))
+    uuid4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    assert frame["customer_id"].str.fullmatch(uuid4).all()  # the seed's export identifies customers by UUID
     assert frame["platform"].isna().all()  # optional columns exist, empty
 
 
@@ -39,8 +42,14 @@ def test_pii_is_dropped_and_never_written(tmp_path, customers):
         (lambda f: f.assign(age=f["age"].astype(object).where(f.index != 3, "forty")), "age", "not a number"),
         (lambda f: f.assign(customer_id=f["customer_id"].where(f.index != 10, f["customer_id"][0])),
          "customer_id", "duplicate customer_id"),
-        (lambda f: f.assign(match_success_rate=f["match_success_rate"].where(f.index != 7, 1.5)),
-         "match_success_rate", "above the maximum 1"),
+        (lambda f: f.assign(match_success_rate=f["match_success_rate"].where(f.index != 7, 150.0)),
+         "match_success_rate", "above the maximum 100: the contract's scale is 0–100 (a percent)"),
+        (lambda f: f.assign(engagement_score=f["engagement_score"].where(f.index != 7, 37.5)),
+         "engagement_score", "above the maximum 1: the contract's scale is 0–1 (a fraction)"),
+        (lambda f: f.assign(location=f["location"].where(f.index != 9, "=HYPERLINK(\"http://x\")")),
+         "location", "not of the expected shape"),
+        (lambda f: f.assign(customer_id=f["customer_id"].where(f.index != 9, "@SUM(A1)")),
+         "customer_id", "not of the expected shape"),
         (lambda f: f.assign(gender=f["gender"].where(f.index != 2, "X")), "gender", "not one of"),
         (lambda f: f.assign(sessions_last_7_days=f["sessions_last_7_days"].astype(float).where(f.index != 4, 2.5)),
          "sessions_last_7_days", "not a whole number"),
