@@ -18,7 +18,7 @@ from engagement_dagster.training import (
     _XGBoostModel,
 )
 
-HIGH_ENGAGEMENT = 70.0  # the "high engagement" decision fairness is measured on
+HIGH_ENGAGEMENT = 0.7  # the "high engagement" decision fairness is measured on (dbt var high_engagement_score)
 CHURN_DECISION = 0.5
 
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 ROLES = ("id", "week", "protected", "feature", "categorical", "target", "split")
 MODEL_INPUT = "customer_model_input"
 
@@ -45,3 +47,31 @@ def read_roles(manifest_path: Path, model: str = MODEL_INPUT) -> FeatureRoles:
         id=by_role["id"][0], features=tuple(by_role["feature"]), categoricals=tuple(by_role["categorical"]),
         targets=tuple(by_role["target"]), protected=tuple(by_role["protected"]), split=by_role["split"][0],
     )
+
+
+def stored_failure_relations(manifest_path: Path) -> dict[str, str]:
+    """dbt test name → the relation its failing rows are stored in (tests with `store_failures`)."""
+    nodes = json.loads(Path(manifest_path).read_text())["nodes"]
+    return {n["name"]: n["relation_name"] for n in nodes.values()
+            if n["resource_type"] == "test" and n["config"].get("store_failures") and n.get("relation_name")}
+
+
+def _bound(value) -> str:
+    return "…" if value is None or pd.isna(value) else f"{value:g}"  # open bound, or null read back as NaN
+
+
+def range_failure_summary(failures: list[dict]) -> str:
+    """The rows of a failed `columns_within_meta_range` test in words: which column, how many
+    rows, and how far outside its documented range they go."""
+    parts = []
+    for row in failures:
+        text = f"{row['column_name']}: {int(row['rows_outside_range']):,} row(s)"
+        nulls = int(row.get("null_rows") or 0)
+        if nulls:
+            text += f" ({nulls:,} null)"
+        low, high = row.get("range_min"), row.get("range_max")
+        if int(row["rows_outside_range"]) > nulls:
+            text += (f" outside [{_bound(low)}, {_bound(high)}]: observed "
+                     f"{_bound(row.get('observed_min'))} … {_bound(row.get('observed_max'))}")
+        parts.append(text)
+    return "; ".join(parts)

@@ -19,14 +19,21 @@ class Warehouse(dg.ConfigurableResource):
     def read_table(self, name: str) -> pd.DataFrame:
         raise NotImplementedError
 
+    def query(self, sql: str) -> pd.DataFrame:
+        """A read-only query's result (e.g. a dbt test's stored failures)."""
+        raise NotImplementedError
+
 
 class DuckDBWarehouse(Warehouse):
     path: str = Field(description="DuckDB database file that dbt's `local` target writes.")
     schema_name: str = Field(default="main")
 
     def read_table(self, name: str) -> pd.DataFrame:
+        return self.query(f'select * from "{self.schema_name}"."{name}"')
+
+    def query(self, sql: str) -> pd.DataFrame:
         with duckdb.connect(self.path, read_only=True) as con:
-            return con.sql(f'select * from "{self.schema_name}"."{name}"').df()
+            return con.sql(sql).df()
 
 
 class AthenaWarehouse(Warehouse):
@@ -38,9 +45,12 @@ class AthenaWarehouse(Warehouse):
     poll_seconds: float = Field(default=1.0)
 
     def read_table(self, name: str) -> pd.DataFrame:
+        return self.query(f'select * from "{self.database}"."{name}"')
+
+    def query(self, sql: str) -> pd.DataFrame:
         athena = boto3.client("athena", region_name=self.region_name, endpoint_url=self.endpoint_url)
         query_id = athena.start_query_execution(
-            QueryString=f'select * from "{self.database}"."{name}"', WorkGroup=self.workgroup,
+            QueryString=sql, WorkGroup=self.workgroup,
             ResultConfiguration={"OutputLocation": self.output_location},
         )["QueryExecutionId"]
         while True:
@@ -49,7 +59,7 @@ class AthenaWarehouse(Warehouse):
             if state == "SUCCEEDED":
                 break
             if state in ("FAILED", "CANCELLED"):
-                raise RuntimeError(f"Athena query on {self.database}.{name} {state}: "
+                raise RuntimeError(f"Athena query {sql!r} {state}: "
                                    f"{status['Status'].get('StateChangeReason', '')}")
             time.sleep(self.poll_seconds)
         # Athena writes the full result as one CSV: read it from S3 instead of paging the API.

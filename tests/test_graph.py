@@ -69,7 +69,7 @@ def test_the_whole_refresh(refreshed, lake):
     risky = query(lake_dir, "select count(*), min(churn_probability), count(distinct churn_drivers_method) "
                             "from at_risk_customers")[0]
     assert risky[0] == 0 or (risky[1] >= 0.5 and risky[2] == 1)
-    assert query(lake_dir, "select min(predicted_engagement_score) >= 70 from high_engagement_customers") in (
+    assert query(lake_dir, "select min(predicted_engagement_score) >= 0.7 from high_engagement_customers") in (
         [(True,)], [(None,)])
     columns = {row[0] for row in query(
         lake_dir, "select column_name from information_schema.columns where table_name = 'predictions_final'")}

@@ -42,7 +42,7 @@ def test_weekly_refresh_builds_features_with_a_stable_split(lake_dir, lake):
     checks = first.get_asset_check_evaluations()
     assert all(c.passed for c in checks)
     assert {c.check_name for c in checks if c.asset_key == RAW_CUSTOMERS} == {
-        "schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change"}
+        "schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change", "distribution_drift"}
     assert any(c.asset_key.path[0] == "features" for c in checks)  # dbt tests surface as checks
 
     raw = lake.read_parquet(raw_key(WEEK_1))
@@ -96,7 +96,7 @@ def test_one_range_check_names_every_out_of_range_feature(lake_dir, tmp_path):
 
     assert materialize(WEEK_1).success
     with duckdb.connect(str(lake_dir / "warehouse.duckdb")) as con:
-        con.execute("update main.customer_model_input set tenure_months = 900 where customer_id in "
+        con.execute("update main.customer_model_input set avg_job_completion_rating = 0.5 where customer_id in "
                     "(select customer_id from main.customer_model_input limit 3)")
         con.execute("update main.customer_model_input set match_rate_smoothed = null where customer_id in "
                     "(select customer_id from main.customer_model_input limit 1)")
@@ -108,7 +108,22 @@ def test_one_range_check_names_every_out_of_range_feature(lake_dir, tmp_path):
     assert outcome.status == "fail" and outcome.failures == 2
     with duckdb.connect(str(lake_dir / "warehouse.duckdb")) as con:  # dbt, in this process, still holds it
         bad = dict(con.sql(f"select column_name, rows_outside_range from {outcome.node.relation_name}").fetchall())
-    assert bad == {"tenure_months": 3, "match_rate_smoothed": 1}
+    assert bad == {"avg_job_completion_rating": 3, "match_rate_smoothed": 1}
+
+
+def test_a_range_failure_says_which_column_and_by_how_much(lake_dir, lake):
+    """Values outside a column's documented range stop the features, and the check (in the UI and
+    the CLI summary) names each column, its count of bad rows and how far out they go."""
+    assert materialize(WEEK_1, assets=(raw_customers,)).success
+    raw = lake.read_parquet(raw_key(WEEK_1))
+    raw.loc[:2, "avg_job_completion_rating"] = [0.5, 0.25, 6.0]  # written past the contract, on purpose
+    lake.write_parquet(raw_key(WEEK_1), raw)
+    result = materialize(WEEK_1, assets=(dbt_features,))
+    assert not result.success
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name.startswith("columns_within")]
+    assert not check.passed
+    assert check.description == ("1 column(s) out of range: avg_job_completion_rating: 3 row(s) outside [1, 5]: "
+                                 "observed 0.25 … 6")
 
 
 def test_features_do_not_depend_on_targets(lake_dir, lake):
@@ -125,7 +140,7 @@ def test_features_do_not_depend_on_targets(lake_dir, lake):
 
     raw = lake.read_parquet(raw_key(WEEK_1))
     rng = np.random.default_rng(0)
-    raw["engagement_score"] = rng.uniform(0, 100, len(raw)).round(2)
+    raw["engagement_score"] = rng.uniform(0, 1, len(raw)).round(4)
     raw["churn_30_day"] = rng.integers(0, 2, len(raw))
     raw["lifetime_value_usd"] = rng.uniform(0, 1000, len(raw)).round(2)
     raw["content_category_primary"] = rng.choice(["a", "b"], len(raw))

@@ -13,7 +13,9 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
 from engagement_dagster.dbt_project import engagement_dbt
+from engagement_dagster.feature_roles import range_failure_summary, stored_failure_relations
 from engagement_dagster.partitions import weekly_partitions
+from engagement_dagster.warehouse import Warehouse
 
 
 class EngagementDbtTranslator(DagsterDbtTranslator):
@@ -34,12 +36,33 @@ SNAPSHOT_WEEK_ENV = "ENGAGEMENT_SNAPSHOT_WEEK"
 TRANSLATOR = EngagementDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
 
-def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+def _explain(check: dg.AssetCheckResult, relation: str, warehouse: Warehouse) -> dg.AssetCheckResult:
+    """A failed range test, told by its stored failing rows: which columns, how many rows, how far."""
+    failures = warehouse.query(f"select * from {relation}").to_dict("records")
+    summary = range_failure_summary(failures)
+    return dg.AssetCheckResult(
+        passed=False, asset_key=check.asset_key, check_name=check.check_name, severity=check.severity,
+        description=f"{len(failures)} column(s) out of range: {summary}",
+        metadata={**(check.metadata or {}), "columns_out_of_range": summary})
+
+
+def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     # dagster-dbt hands dbt a copy of os.environ: set the week there for this invocation only.
     previous = os.environ.get(SNAPSHOT_WEEK_ENV)
     os.environ[SNAPSHOT_WEEK_ENV] = context.partition_key
+    stored = stored_failure_relations(engagement_dbt.manifest_path)
+    held = []
     try:
-        yield from dbt.cli(["build"], context=context).stream()
+        invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+        for event in invocation.stream():
+            if isinstance(event, dg.AssetCheckResult) and not event.passed and event.check_name in stored:
+                held.append(event)  # read once dbt has let go of the warehouse (DuckDB: one writer)
+            else:
+                yield event
+        for check in held:
+            yield _explain(check, stored[check.check_name], warehouse)
+        if not invocation.is_successful():
+            raise invocation.get_error()
     finally:
         if previous is None:
             os.environ.pop(SNAPSHOT_WEEK_ENV, None)
@@ -52,8 +75,8 @@ def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     select="tag:features", name="dbt_features",
     partitions_def=weekly_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),  # one week per dbt call
 )
-def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    yield from _build(context, dbt)
+def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+    yield from _build(context, dbt, warehouse)
 
 
 @dbt_assets(
@@ -61,5 +84,5 @@ def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     select="tag:scoring", name="dbt_scoring",
     partitions_def=weekly_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),
 )
-def dbt_scoring(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    yield from _build(context, dbt)
+def dbt_scoring(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+    yield from _build(context, dbt, warehouse)

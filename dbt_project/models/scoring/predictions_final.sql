@@ -1,5 +1,6 @@
 -- The week's customers joined to their predictions. PII-free: direct identifiers never reach
--- the lake, so none can appear here.
+-- the lake, so none can appear here. Free-text columns go through spreadsheet_safe: the marts
+-- are what analysts export.
 with predictions as (
     select * from {{ source('lake', 'customer_predictions') }}
     where cast(snapshot_week as date) = cast('{{ env_var("ENGAGEMENT_SNAPSHOT_WEEK", var("snapshot_week")) }}' as date)
@@ -11,13 +12,13 @@ select
     c.gender,
     c.age,
     c.location,
-    c.platform,
+    {{ spreadsheet_safe('c.platform') }} as platform,
     c.tenure_months,
     -- observed outcomes (for QA and monitoring; null for a week whose outcomes are not known yet)
     c.engagement_score,
     c.churn_30_day,
     c.lifetime_value_usd,
-    c.content_category_primary,
+    {{ spreadsheet_safe('c.content_category_primary') }} as content_category_primary,
     -- predictions
     p.predicted_engagement_score,
     p.churn_probability,
@@ -27,9 +28,9 @@ select
     p.segment,
     p.anomaly_score,
     p.is_anomaly,
-    p.recommended_category_1,
-    p.recommended_category_2,
-    p.recommended_category_3,
+    {{ spreadsheet_safe('p.recommended_category_1') }} as recommended_category_1,
+    {{ spreadsheet_safe('p.recommended_category_2') }} as recommended_category_2,
+    {{ spreadsheet_safe('p.recommended_category_3') }} as recommended_category_3,
     p.churn_driver_1,
     p.churn_driver_1_contribution,
     p.churn_driver_2,
