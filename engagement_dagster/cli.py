@@ -44,7 +44,10 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
     started = time.perf_counter()
     result = defs.resolve_job_def("weekly_refresh").execute_in_process(
         partition_key=week,
-        run_config={"ops": {"ingest__raw_customers": {"config": config}}},
+        # The console gets the summary below, not Dagster's event stream: every event, stack
+        # traces included, is in the run's log (make ui → Runs).
+        run_config={"ops": {"ingest__raw_customers": {"config": config}},
+                    "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         instance=dg.DagsterInstance.get(),
         raise_on_error=False,
     )
@@ -81,10 +84,15 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
         metric = MODEL_KINDS[name].primary_metric
         meta = {k: v.value for k, v in mat.metadata.items()}
         oracle = meta.get(f"oracle_{metric}")
+        if meta["promoted"]:
+            verdict = "promoted"
+        elif meta.get("serving") == "baseline":
+            verdict = "NOT promoted: no champion yet, the naive baseline serves (version 'baseline')"
+        else:
+            verdict = "NOT promoted: champion kept"
         model_lines.append(
             f"    {name:<22} {metric} {meta[f'test_{metric}']:.4g} (baseline {meta[f'baseline_{metric}']:.4g}"
-            + (f", oracle ceiling {oracle:.4g}" if oracle is not None else "") + ")"
-            + ("  promoted" if meta["promoted"] else "  NOT promoted: champion kept"))
+            + (f", oracle ceiling {oracle:.4g}" if oracle is not None else "") + ")  " + verdict)
     lines = [
         (f"weekly refresh for snapshot week {week} ({environment()}): "
          f"{'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s"),
@@ -94,13 +102,31 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
           for key, n in sorted(rows.items())),
         *(["  models (test split):", *model_lines] if model_lines else []),
         f"  asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed"
-        + "".join(f"\n    FAILED {c.asset_key.to_user_string()}:{c.check_name}" for c in failed),
+        + "".join(f"\n    {'WARNING' if c.severity == dg.AssetCheckSeverity.WARN else 'FAILED'} "
+                  f"{c.asset_key.to_user_string()}:{c.check_name}"
+                  + (f": {c.description}" if c.description else "") for c in failed),
+        *_refusals(result),
         f"  lake:      {lake_dir()}",
         f"  warehouse: {warehouse_path()}  (DuckDB: predictions_final, at_risk_customers, churn_by_segment, …)",
         f"  registry:  {lake_dir() / 'models'}  (champion.json, card.md per model)",
         "  UI:        make ui  → http://127.0.0.1:3000 (lineage, runs, checks)",
     ]
     return "\n".join(lines)
+
+
+def _refusals(result: dg.ExecuteInProcessResult) -> list[str]:
+    """Why the run stopped, in one line per failed step (the stack trace stays in the run's log)."""
+    lines = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+                error = error.cause
+            message = error.message.strip().removeprefix(f"{error.cls_name}: ").splitlines()[0]
+            lines.append(f"  STOPPED at {event.step_key}: {message}")
+    if lines:
+        lines.append("  (the full trace is in the run's log: make ui → Runs)")
+    return lines
 
 
 def _dbt_row_counts(asset_keys: list[str]) -> dict[str, int]:

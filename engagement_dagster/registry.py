@@ -2,10 +2,12 @@
 
     models/<name>/<version>/{model files, features.json, metrics.json, card.md, version.json}
     models/<name>/champion.json
+    models/<name>/baseline.json   the naive model of the latest training, served while there is no champion
 
 A version is complete once its `version.json` (the list of its files) exists: it is written last,
 so a crash mid-way leaves an incomplete version that nothing lists or loads. The champion
-pointer is one atomic write. Scoring always loads champions.
+pointer is one atomic write. Scoring loads each model's champion, or its naive baseline while
+it has none: one model that cannot learn this week never stops the others.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from engagement_dagster.lake import Lake
-from engagement_dagster.training import MODEL_KINDS, ModelKind
+from engagement_dagster.training import MODEL_KINDS, ModelKind, NaiveBaseline
 
 DEFAULT_TOLERANCE = 0.02  # a challenger may be at most 2% worse than the champion (relative)
 
@@ -39,10 +41,6 @@ class GateDecision:
     baseline: float
     champion: float | None
     tolerance: float
-    # True when the challenger looks broken (no better than a naive baseline, or an anomaly rate far
-    # off target): the week's data are suspect, so scoring stops. A challenger that is merely not
-    # better than the champion is refused without stopping anything: the champion keeps scoring.
-    blocks_scoring: bool = False
 
 
 def _better(a: float, b: float, higher_is_better: bool) -> bool:
@@ -57,15 +55,15 @@ def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, 
     value, base = challenger[metric], baseline[metric]
     champ = None if champion is None else champion[metric]
 
-    def decision(promote: bool, reason: str, suspect: bool = False) -> GateDecision:
-        return GateDecision(promote, reason, metric, value, base, champ, tolerance, blocks_scoring=suspect)
+    def decision(promote: bool, reason: str) -> GateDecision:
+        return GateDecision(promote, reason, metric, value, base, champ, tolerance)
 
     if kind.name == "anomaly_model":  # no "better" for a flag rate: it must stay near the target rate
         ok = 0.5 * base <= value <= 2 * base
         where = "within" if ok else "outside"
-        return decision(ok, f"flagged share {value:.2%} {where} [{0.5 * base:.2%}, {2 * base:.2%}]", suspect=not ok)
+        return decision(ok, f"flagged share {value:.2%} {where} [{0.5 * base:.2%}, {2 * base:.2%}]")
     if not _better(value, base, higher):
-        return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}", suspect=True)
+        return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}")
     if champ is None:
         return decision(True, f"first version: {metric} {value:.4g} beats the naive baseline {base:.4g}")
     limit = champ * (1 - tolerance) if higher else champ * (1 + tolerance)
@@ -125,3 +123,15 @@ class ModelRegistry:
         if pointer is None:
             raise LookupError(f"{name} has no champion yet: train it and pass the promotion gate first")
         return self.load(name, pointer["version"]), pointer["version"]
+
+    def register_baseline(self, baseline: NaiveBaseline) -> None:
+        self.lake.write_bytes(f"models/{baseline.name}/baseline.json", baseline.to_json().encode())
+
+    def serving(self, name: str) -> tuple[ModelKind | NaiveBaseline, str]:
+        """What scores ``name`` now: its champion, else its naive baseline (version "baseline")."""
+        if self.champion(name) is not None:
+            return self.load_champion(name)
+        key = f"models/{name}/baseline.json"
+        if not self.lake.exists(key):
+            raise LookupError(f"{name} has neither a champion nor a baseline: train the models first")
+        return NaiveBaseline.from_json(self.lake.read_bytes(key).decode()), NaiveBaseline.version

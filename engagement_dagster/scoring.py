@@ -4,7 +4,8 @@ Churn drivers are per-customer SHAP-style contributions of the churn booster to 
 (log-odds, before calibration): contributions + bias = margin. For the whole batch they are
 Saabas contributions (``approx_contribs``, about 100× cheaper than exact TreeSHAP); for every
 customer whose churn probability reaches AT_RISK_CHURN_PROBABILITY — the ones a person will read
-on the at-risk list — they are exact TreeSHAP. The `churn_drivers_method` column says which.
+on the at-risk list — they are exact TreeSHAP. The `churn_drivers_method` column says which
+("none" while churn is served by its naive baseline, which has no drivers).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from engagement_dagster.lake import Lake
-from engagement_dagster.training import ChurnModel, ModelKind
+from engagement_dagster.training import ChurnModel, ModelKind, NaiveBaseline
 
 AT_RISK_CHURN_PROBABILITY = 0.5  # keep equal to the dbt var `at_risk_churn_probability`
 ROWS_PER_SHARD = 50_000
@@ -37,21 +38,34 @@ def top_drivers(model: ChurnModel, frame: pd.DataFrame, approximate: bool, k: in
     return pd.DataFrame(out, index=frame.index)
 
 
-def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind, str]],
+def _no_drivers(frame: pd.DataFrame, k: int = TOP_DRIVERS) -> pd.DataFrame:
+    out = {}
+    for i in range(k):
+        out[f"churn_driver_{i + 1}"] = pd.Series(None, index=frame.index, dtype="string")
+        out[f"churn_driver_{i + 1}_contribution"] = np.full(len(frame), np.nan)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind | NaiveBaseline, str]],
           id_column: str = "customer_id") -> pd.DataFrame:
-    """One row per customer: every model's output, churn drivers and the versions used."""
+    """One row per customer: every model's output (its champion's, or its naive baseline's while it
+    has no champion), churn drivers and the versions used."""
     out = frame[[id_column]].copy()
     for name in ("engagement_model", "churn_model", "ltv_model", "segment_model", "anomaly_model",
                  "content_recommender"):
         model, _ = champions[name]
         out = out.join(model.predict(frame))
-    churn: ChurnModel = champions["churn_model"][0]
-    drivers = top_drivers(churn, frame, approximate=True)
-    exact = out["churn_probability"].to_numpy() >= AT_RISK_CHURN_PROBABILITY
-    if exact.any():
-        drivers.loc[exact] = top_drivers(churn, frame.loc[exact], approximate=False)
+    churn = champions["churn_model"][0]
+    if isinstance(churn, ChurnModel):
+        drivers = top_drivers(churn, frame, approximate=True)
+        exact = out["churn_probability"].to_numpy() >= AT_RISK_CHURN_PROBABILITY
+        if exact.any():
+            drivers.loc[exact] = top_drivers(churn, frame.loc[exact], approximate=False)
+        method = np.where(exact, "exact_treeshap", "saabas_approximate")
+    else:
+        drivers, method = _no_drivers(frame), "none"
     out = out.join(drivers)
-    out["churn_drivers_method"] = np.where(exact, "exact_treeshap", "saabas_approximate")
+    out["churn_drivers_method"] = method
     for name, (_, version) in champions.items():
         out[f"{name}_version"] = version
     out["scored_at"] = pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)

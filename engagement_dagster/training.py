@@ -100,7 +100,17 @@ class ModelKind:
         raise NotImplementedError
 
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-        """The same metrics for a naive model (constant prediction), for the promotion gate."""
+        """The same metrics for the naive model (NaiveBaseline), for the promotion gate."""
+        raise NotImplementedError
+
+    @classmethod
+    def naive_params(cls, train: pd.DataFrame) -> dict:
+        """What the naive model learns from `train` (a mean, a median, a popularity order)."""
+        return {}
+
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        """The naive model's predictions, in the same columns as ``predict``."""
         raise NotImplementedError
 
     def to_files(self) -> dict[str, bytes]:
@@ -173,17 +183,26 @@ class EngagementModel(_XGBoostModel):
     name = "engagement_model"
     target = "engagement_score"
     primary_metric, higher_is_better = "rmse", False
-    description = "XGBoost regression of the engagement score (0–100), squared error."
+    description = "XGBoost regression of the engagement score (a fraction 0–1), squared error."
     params: ClassVar[dict] = {"objective": "reg:squarederror", "eta": 0.15, "max_depth": 5}
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"predicted_engagement_score": np.clip(self.raw_predict(frame), 0, 100)}, index=frame.index)
+        return pd.DataFrame({"predicted_engagement_score": np.clip(self.raw_predict(frame), 0, 1)}, index=frame.index)
 
     def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
         return metrics.regression(test[self.target], self.predict(test)["predicted_engagement_score"])
 
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-        return metrics.regression(test[self.target], np.full(len(test), train[self.target].mean()))
+        naive = self.naive_predict(self.naive_params(train), test)
+        return metrics.regression(test[self.target], naive["predicted_engagement_score"])
+
+    @classmethod
+    def naive_params(cls, train: pd.DataFrame) -> dict:
+        return {"mean": float(train[cls.target].mean())}
+
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"predicted_engagement_score": np.full(len(frame), params["mean"])}, index=frame.index)
 
 
 class LtvModel(_XGBoostModel):
@@ -205,11 +224,18 @@ class LtvModel(_XGBoostModel):
         return out
 
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-        # The median is the best constant for MAE.
-        const = np.full(len(test), train[self.target].median())
+        const = self.naive_predict(self.naive_params(train), test)["predicted_lifetime_value_usd"].to_numpy()
         out = metrics.regression(test[self.target], const)
         out["rmse_log1p"] = metrics.regression(np.log1p(test[self.target]), np.log1p(const))["rmse"]
         return out
+
+    @classmethod
+    def naive_params(cls, train: pd.DataFrame) -> dict:
+        return {"median": float(train[cls.target].median())}  # the best constant for MAE
+
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"predicted_lifetime_value_usd": np.full(len(frame), params["median"])}, index=frame.index)
 
 
 class ChurnModel(_XGBoostModel):
@@ -243,7 +269,16 @@ class ChurnModel(_XGBoostModel):
         return metrics.binary(test[self.target].to_numpy(), self.probability(test))
 
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-        return metrics.binary(test[self.target].to_numpy(), np.full(len(test), train[self.target].mean()))
+        naive = self.naive_predict(self.naive_params(train), test)
+        return metrics.binary(test[self.target].to_numpy(), naive["churn_probability"].to_numpy())
+
+    @classmethod
+    def naive_params(cls, train: pd.DataFrame) -> dict:
+        return {"rate": float(train[cls.target].mean())}
+
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"churn_probability": np.full(len(frame), params["rate"])}, index=frame.index)
 
     def to_files(self) -> dict[str, bytes]:
         x, y = self.calibration
@@ -286,6 +321,16 @@ class ContentRecommender(_XGBoostModel):
         names = np.array(self.classes)[top]
         return pd.DataFrame({f"recommended_category_{i + 1}": names[:, i] for i in range(3)}, index=frame.index)
 
+    @classmethod
+    def naive_params(cls, train: pd.DataFrame) -> dict:
+        counts = train[cls.target].astype(str).value_counts()
+        return {"popularity": sorted(counts.index, key=lambda c: (-counts[c], c))}  # most popular first
+
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        top = (params["popularity"] * 3)[:3]  # fewer than 3 categories: repeat
+        return pd.DataFrame({f"recommended_category_{i + 1}": top[i] for i in range(3)}, index=frame.index)
+
     def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
         codes = self._label(test).astype(int)
         proba = self.proba(test)
@@ -293,11 +338,9 @@ class ContentRecommender(_XGBoostModel):
                 "top3_accuracy": metrics.top_k_accuracy(codes, proba, 3)}
 
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-        freq = train[self.target].value_counts(normalize=True).reindex(self.classes, fill_value=0).to_numpy()
-        proba = np.tile(freq, (len(test), 1))  # always the most popular categories
-        codes = self._label(test).astype(int)
-        return {"top1_accuracy": metrics.top_k_accuracy(codes, proba, 1),
-                "top3_accuracy": metrics.top_k_accuracy(codes, proba, 3)}
+        top = self.naive_params(train)["popularity"][:3]  # always the most popular categories
+        truth = test[self.target].astype(str)
+        return {"top1_accuracy": float((truth == top[0]).mean()), "top3_accuracy": float(truth.isin(top).mean())}
 
     def to_files(self) -> dict[str, bytes]:
         return {**super().to_files(), "classes.json": json.dumps(self.classes).encode()}
@@ -406,6 +449,11 @@ class SegmentModel(ModelKind):
         # A clustering that means nothing: random labels score about 0 (or below).
         return {"silhouette": 0.0, "k": float(self.kmeans.n_clusters)}
 
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"segment_id": np.zeros(len(frame), dtype="int32"), "segment": "All customers"},
+                            index=frame.index)
+
     def to_files(self) -> dict[str, bytes]:
         return {"model.joblib": _sklearn_bytes({"scaler": self.scaler, "kmeans": self.kmeans}),
                 "segments.json": json.dumps(self.profiles, indent=2).encode(),
@@ -452,6 +500,11 @@ class AnomalyModel(ModelKind):
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
         return {"flagged_share": self.contamination}
 
+    @classmethod
+    def naive_predict(cls, params: dict, frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"anomaly_score": np.zeros(len(frame)), "is_anomaly": np.zeros(len(frame), dtype=bool)},
+                            index=frame.index)  # flags no one
+
     def to_files(self) -> dict[str, bytes]:
         return {"model.joblib": _sklearn_bytes({"forest": self.forest, "medians": self.medians}),
                 "features.json": self.spec.to_json().encode()}
@@ -465,6 +518,31 @@ class AnomalyModel(ModelKind):
 MODEL_KINDS: dict[str, type[ModelKind]] = {
     kind.name: kind for kind in (EngagementModel, ChurnModel, LtvModel, ContentRecommender, SegmentModel, AnomalyModel)
 }
+
+
+class NaiveBaseline:
+    """What serves a model's predictions while it has no champion (a first week whose challenger
+    failed the gate): the naive model the gate compares with, learnt from the week's train split."""
+
+    version = "baseline"
+
+    def __init__(self, name: str, params: dict):
+        self.name, self.params = name, params
+
+    @classmethod
+    def fit(cls, name: str, train: pd.DataFrame) -> NaiveBaseline:
+        return cls(name, MODEL_KINDS[name].naive_params(train))
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return MODEL_KINDS[self.name].naive_predict(self.params, frame)
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "params": self.params}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> NaiveBaseline:
+        data = json.loads(text)
+        return cls(data["name"], data["params"])
 
 
 def new_model(name: str, train: pd.DataFrame, roles: FeatureRoles) -> ModelKind:

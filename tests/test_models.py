@@ -15,6 +15,7 @@ from engagement_dagster.training import (
     AnomalyModel,
     ChurnModel,
     EngagementModel,
+    NaiveBaseline,
     SegmentModel,
     new_model,
     splits,
@@ -115,11 +116,35 @@ def test_gate_tolerance_against_the_champion():
     assert promotion_decision(ChurnModel, {"auc": 0.79}, baseline, {"auc": 0.80}).promote  # within 2%
     refused = promotion_decision(ChurnModel, {"auc": 0.75}, baseline, {"auc": 0.80})
     assert not refused.promote and "champion" in refused.reason
-    assert not refused.blocks_scoring  # the champion is fine: it keeps scoring
     broken = promotion_decision(EngagementModel, {"rmse": 9.0}, {"rmse": 8.0}, {"rmse": 7.0})
-    assert not broken.promote and broken.blocks_scoring  # no better than a naive guess: the data are suspect
+    assert not broken.promote and "does not beat the naive baseline" in broken.reason
     anomalous = promotion_decision(AnomalyModel, {"flagged_share": 0.2}, {"flagged_share": 0.02}, None)
-    assert not anomalous.promote and anomalous.blocks_scoring
+    assert not anomalous.promote and "outside" in anomalous.reason
+
+
+def test_without_a_champion_the_naive_baseline_serves(lake, parts):
+    """A model with no champion is served by the naive model the gate compared it with: the
+    training mean, the churn rate, the LTV median, the three most popular categories."""
+    registry = ModelRegistry(lake)
+    with pytest.raises(LookupError):
+        registry.serving("content_recommender")
+    for name in ("engagement_model", "churn_model", "ltv_model", "content_recommender", "segment_model",
+                 "anomaly_model"):
+        registry.register_baseline(NaiveBaseline.fit(name, parts["train"]))
+    served = {name: registry.serving(name) for name in ("engagement_model", "churn_model", "ltv_model",
+                                                         "content_recommender", "segment_model", "anomaly_model")}
+    assert {version for _, version in served.values()} == {"baseline"}
+    predictions = scoring.score(parts["test"], served)
+    assert len(predictions) == len(parts["test"]) and predictions["customer_id"].is_unique
+    train = parts["train"]
+    assert np.allclose(predictions["predicted_engagement_score"], train["engagement_score"].mean())
+    assert np.allclose(predictions["churn_probability"], train["churn_30_day"].mean())
+    assert np.allclose(predictions["predicted_lifetime_value_usd"], train["lifetime_value_usd"].median())
+    popular = list(train["content_category_primary"].value_counts().index[:3])
+    assert predictions[["recommended_category_1", "recommended_category_2", "recommended_category_3"]
+                       ].drop_duplicates().values.tolist() == [popular]
+    assert (predictions["churn_drivers_method"] == "none").all() and predictions["churn_driver_1"].isna().all()
+    assert not predictions["is_anomaly"].any() and (predictions["content_recommender_version"] == "baseline").all()
 
 
 def test_incomplete_versions_are_invisible(lake, trained):

@@ -14,7 +14,7 @@ from engagement_dagster.ingest import oracle_key
 from engagement_dagster.lake import Lake
 from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.registry import ModelRegistry, data_fingerprint, promotion_decision
-from engagement_dagster.training import MODEL_KINDS, new_model, splits
+from engagement_dagster.training import MODEL_KINDS, NaiveBaseline, new_model, splits
 from engagement_dagster.warehouse import Warehouse
 
 MODEL_INPUT_KEY = dg.AssetKey(["features", MODEL_INPUT])
@@ -28,8 +28,8 @@ class TrainingConfig(dg.Config):
 
 
 GATE_DESCRIPTION = ("Promotes the challenger if it beats the naive baseline and is not worse than the champion "
-                    "beyond the tolerance. Fails as an error (stops scoring) when it does not beat the baseline; "
-                    "as a warning when only the champion is better, which then keeps scoring.")
+                    "beyond the tolerance. A refused challenger is a warning, never a stop: the champion keeps "
+                    "scoring, or, while there is none, the naive baseline (version 'baseline') does.")
 
 
 @dg.multi_asset(
@@ -37,8 +37,7 @@ GATE_DESCRIPTION = ("Promotes the challenger if it beats the naive baseline and 
                         kinds={"xgboost"} if name not in ("segment_model", "anomaly_model") else {"scikitlearn"},
                         partitions_def=weekly_partitions, skippable=True)
            for name, key in MODEL_KEYS.items()],
-    check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, blocking=True,
-                                   description=GATE_DESCRIPTION)
+    check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, description=GATE_DESCRIPTION)
                  for key in MODEL_KEYS.values()],
     can_subset=True,
     partitions_def=weekly_partitions,
@@ -88,13 +87,21 @@ def _train_one(name, parts, roles, oracle, registry, tolerance, week, log, threa
     fingerprint = data_fingerprint(parts["train"])
     card = evaluation.model_card(rep, decision, week, fingerprint)
     version = registry.register(model, rep, card, fingerprint)
+    registry.register_baseline(NaiveBaseline.fit(name, parts["train"]))
     if decision.promote:
         registry.promote(name, version, decision)
-    champion = version if decision.promote else (pointer or {}).get("version", "none")
+    champion = version if decision.promote else (pointer or {}).get("version")
+    serving = champion or NaiveBaseline.version
+    reason = decision.reason
+    if not decision.promote:
+        reason += (f"; the champion {champion} keeps scoring" if champion else
+                   "; no champion yet: the naive baseline serves this week")
+        log.warning(f"{name}: {reason}")
     materialization = dg.MaterializeResult(asset_key=key, metadata={
         "version": version,
         "promoted": decision.promote,
-        "champion_version": champion,
+        "champion_version": champion or "none",
+        "serving": serving,
         **{f"test_{m}": float(v) for m, v in rep["test"].items()},
         **{f"baseline_{m}": float(v) for m, v in rep["baseline"].items()},
         **{f"oracle_{m}": float(v) for m, v in (rep["oracle_ceiling"] or {}).items()},
@@ -102,10 +109,10 @@ def _train_one(name, parts, roles, oracle, registry, tolerance, week, log, threa
         "model_card": dg.MetadataValue.md(card),
     })
     check = dg.AssetCheckResult(
-        asset_key=key, check_name="promotion_gate", passed=decision.promote,
-        severity=dg.AssetCheckSeverity.ERROR if decision.blocks_scoring else dg.AssetCheckSeverity.WARN,
-        description=decision.reason,
-        metadata={"metric": decision.metric, "challenger": decision.challenger, "baseline": decision.baseline,
+        asset_key=key, check_name="promotion_gate", passed=decision.promote, severity=dg.AssetCheckSeverity.WARN,
+        description=reason,
+        metadata={"serving": serving, "metric": decision.metric, "challenger": decision.challenger,
+                  "baseline": decision.baseline,
                   "champion": decision.champion if decision.champion is not None else float("nan"),
                   "tolerance": decision.tolerance})
     return materialization, check

@@ -36,7 +36,10 @@ def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfi
     week = context.partition_key
     frame = warehouse.read_table(MODEL_INPUT)
     registry = ModelRegistry(lake)
-    champions = {name: registry.load_champion(name) for name in MODEL_KEYS}
+    champions = {name: registry.serving(name) for name in MODEL_KEYS}
+    on_baseline = sorted(name for name, (_, version) in champions.items() if version == "baseline")
+    if on_baseline:
+        context.log.warning(f"served by their naive baseline (no champion yet): {', '.join(on_baseline)}")
     predictions = scoring.score(frame, champions)
     shards = scoring.shard_count(len(predictions), config.rows_per_shard)
     uris = scoring.write_shards(lake, week, predictions, shards)
@@ -59,4 +62,5 @@ def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfi
         "segments": dg.MetadataValue.md(
             predictions["segment"].value_counts().rename("customers").to_frame().to_markdown()),
         "champion_versions": dg.MetadataValue.json({n: v for n, (_, v) in champions.items()}),
+        "models_on_naive_baseline": ", ".join(on_baseline) or "none",
     })
