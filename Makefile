@@ -47,14 +47,17 @@ browser:
 	       && $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 # Full weekly refresh, timed per stage; BENCH_CUSTOMERS="100000 1000000" for the larger size.
+# Then ingest alone on a 10M-row CSV (about 4 GB, written once into .bench-data/); BENCH_INGEST_ROWS=0 skips it.
 BENCH_CUSTOMERS ?= 100000
 BENCH_REPEAT ?= 3
+BENCH_INGEST_ROWS ?= 10000000
 bench: $(STAMP)
-	$(BIN)/python -m engagement_dagster.bench --customers $(BENCH_CUSTOMERS) --repeat $(BENCH_REPEAT)
+	$(BIN)/python -m engagement_dagster.bench --customers $(BENCH_CUSTOMERS) --repeat $(BENCH_REPEAT) \
+	  --ingest-rows $(BENCH_INGEST_ROWS)
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -m engagement_dagster.definitions -h 127.0.0.1 -p 3000
 
 clean:
-	rm -rf .lake .lake-bench .dagster_home dbt_project/target dbt_project/target-bench dbt_project/logs
+	rm -rf .lake .lake-bench .bench-data .dagster_home dbt_project/target dbt_project/target-bench dbt_project/logs

@@ -5,7 +5,11 @@ first version and every dbt model is built from nothing), timed from process sta
 a user's `make run` is after setup. The dbt manifest is prepared once beforehand for the
 benchmark's lake, in its own dbt target directory, exactly as `make setup` does for `.lake`.
 
-    python -m engagement_dagster.bench [--customers 100000 1000000] [--repeat 3]
+    python -m engagement_dagster.bench [--customers 100000 1000000] [--repeat 3] [--ingest-rows 10000000]
+
+`--ingest-rows N` also times `raw_customers`' ingest alone on an N-row CSV in the seed's format
+(written once by the generator into .bench-data/, untimed): stream, validate, write Parquet in row
+groups, check ids and profile, in a fresh process whose peak RSS is measured.
 """
 
 from __future__ import annotations
@@ -99,15 +103,82 @@ def report(customers: int, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ingest_csv(rows: int) -> Path:
+    """An N-row CSV of the contract's 42 columns plus the generator's extras (PII included),
+    written block by block; kept between runs because writing 10M rows takes minutes."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from engagement_dagster.generator import generate_chunks
+
+    path = PROJECT_ROOT / ".bench-data" / f"customers_{rows}.csv"
+    if path.exists():
+        return path
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(".partial")
+    writer = None
+    for chunk in generate_chunks(rows, "2026-11-09"):
+        table = pa.Table.from_pandas(chunk.customers, preserve_index=False)
+        if writer is None:
+            writer = pacsv.CSVWriter(partial, table.schema)
+        writer.write_table(table)
+    writer.close()
+    partial.rename(path)
+    return path
+
+
+def _ingest_child(csv_path: str, out_dir: str) -> None:
+    """Runs in its own process: the ingest as `raw_customers` does it, timed."""
+    from engagement_dagster import ingest
+
+    started = time.perf_counter()
+    result = ingest.ingest_source(csv_path, Path(out_dir) / "customers.parquet")
+    validated = time.perf_counter() - started
+    ingest.profile(Path(out_dir) / "customers.parquet")
+    print(json.dumps({"rows": result.rows, "validate_write_seconds": validated,
+                      "total_seconds": time.perf_counter() - started}))
+
+
+def bench_ingest(rows: int) -> str:
+    csv_path = _ingest_csv(rows)
+    with tempfile.TemporaryDirectory(prefix="engagement-ingest-bench-") as out:
+        started = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "engagement_dagster.bench", "--ingest-child", str(csv_path),
+                                  out], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+        stdout = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)  # the rusage of this child (and its threads) alone
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit("ingest benchmark failed")
+        result = json.loads(stdout.strip().splitlines()[-1])
+        parquet_mib = (Path(out) / "customers.parquet").stat().st_size / 2**20
+    csv_gib = csv_path.stat().st_size / 2**30
+    return "\n".join([
+        f"## ingest of a {result['rows']:,}-row CSV ({csv_gib:.2f} GiB, 49 columns incl. PII)", "",
+        "| step | seconds |", "|---|---|",
+        f"| stream + validate + write Parquet + unique ids | {result['validate_write_seconds']:.1f} |",
+        f"| profile (quality checks' input) | {result['total_seconds'] - result['validate_write_seconds']:.1f} |",
+        f"| **process wall, start-up included** | **{wall:.1f}** |", "",
+        f"peak RSS of the ingest process: {usage.ru_maxrss / 1024:,.0f} MiB; Parquet written: {parquet_mib:,.0f} MiB",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engagement-dagster-bench")
-    parser.add_argument("--customers", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--customers", type=int, nargs="*", default=[100_000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--ingest-rows", type=int, default=0, help="also time ingest alone on a CSV of this many rows")
+    parser.add_argument("--ingest-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ingest_child:
+        _ingest_child(*args.ingest_child)
+        return 0
     print(f"machine: {_machine()}\n")
     for customers in args.customers:
         print(report(customers, bench(customers, args.repeat)), "\n", flush=True)
     shutil.rmtree(PROJECT_ROOT / ".lake-bench", ignore_errors=True)
+    if args.ingest_rows:
+        print(bench_ingest(args.ingest_rows), "\n", flush=True)
     return 0
 
 
