@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -69,6 +70,7 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
     materialized = result.get_asset_materialization_events()
     checks = result.get_asset_check_evaluations()
     failed = [c for c in checks if not c.passed]
+    warned = [c for c in failed if c.severity == dg.AssetCheckSeverity.WARN]
     rows = {}
     for event in materialized:
         mat = event.event_specific_data.materialization
@@ -101,7 +103,8 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
         *(f"    {key:<40} {'' if n is None else f'{n:,} row' + ('' if n == 1 else 's')}"
           for key, n in sorted(rows.items())),
         *(["  models (test split):", *model_lines] if model_lines else []),
-        f"  asset checks: {len(checks) - len(failed)} passed, {len(failed)} failed"
+        f"  asset checks: {len(checks) - len(failed)} passed, {len(failed) - len(warned)} failed, "
+        f"{len(warned)} warning(s)"
         + "".join(f"\n    {'WARNING' if c.severity == dg.AssetCheckSeverity.WARN else 'FAILED'} "
                   f"{c.asset_key.to_user_string()}:{c.check_name}"
                   + (f": {c.description}" if c.description else "") for c in failed),
@@ -122,7 +125,8 @@ def _refusals(result: dg.ExecuteInProcessResult) -> list[str]:
             error = event.event_specific_data.error
             while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
                 error = error.cause
-            message = error.message.strip().removeprefix(f"{error.cls_name}: ").splitlines()[0]
+            # "package.module.ClassName: text" → "text"
+            message = re.sub(rf"^[\w.]*{error.cls_name}: ", "", error.message.strip()).splitlines()[0]
             lines.append(f"  STOPPED at {event.step_key}: {message}")
     if lines:
         lines.append("  (the full trace is in the run's log: make ui → Runs)")

@@ -8,7 +8,8 @@ direct identifiers among them are dropped.
 Hard limits are limits of meaning (a percent ≤ 100, an hour 0–23, a count ≥ 0, a fraction 0–1);
 a column with no such limit (`last_7_day_engagement_trend`, revenue, LTV) is only watched for
 drift, a warning (see ingest.quality_checks). Text columns with a known shape (`location`,
-`customer_id`) must match it, which also keeps spreadsheet formulas (`=…`, `+…`, `@…`) out.
+`customer_id`) must match it, which also keeps spreadsheet formulas (a leading =, +, -, @, tab or
+carriage return) out; free text is neutralized in the marts (dbt macro `spreadsheet_safe`).
 
 Validation works on Arrow batches, so a 10-million-row file is checked chunk by chunk; any
 violation raises ``ContractViolation`` naming the file, the column, how many rows break the rule,
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -110,6 +110,10 @@ CONTRACT_COLUMNS = tuple(c.name for c in CONTRACT)
 TARGETS = tuple(c.name for c in CONTRACT if c.target)
 # Direct identifiers: dropped at ingest, they never reach the lake's raw zone or anything after it.
 PII_COLUMNS = ("email", "full_name", "phone", "first_name", "last_name", "address", "ip_address")
+
+
+def is_pii(column: str) -> bool:
+    return column.lower() in PII_COLUMNS
 # Optional extra columns the platform understands when present (null when a source lacks them).
 OPTIONAL: tuple[Column, ...] = (
     Column("platform", STR, nullable=True), Column("acquisition_channel", STR, nullable=True),
@@ -197,6 +201,7 @@ def _coerce(source: str, col: Column, values: pa.Array, first_row: int) -> pa.Ar
         _fail(source, col.name, pc.invert(pc.is_finite(number)), "not a finite number", first_row)
         if col.kind == INT:
             _fail(source, col.name, pc.not_equal(pc.floor(number), number), "not a whole number", first_row)
+            _fail(source, col.name, pc.greater(pc.abs(number), 2.0**62), "too large for a whole number", first_row)
     return pc.cast(number, col.arrow_type)
 
 
@@ -239,20 +244,3 @@ def validate_batch(batch: pa.Table | pa.RecordBatch, source: str, first_row: int
         else:
             arrays.append(pa.nulls(batch.num_rows, col.arrow_type))
     return pa.Table.from_arrays(arrays, schema=LAKE_SCHEMA)
-
-
-def duplicate_rows(ids: np.ndarray) -> np.ndarray:
-    """0-based positions of every repeated id after its first occurrence."""
-    return np.flatnonzero(pd.Series(ids).duplicated(keep="first").to_numpy())
-
-
-def validate(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """An in-memory frame checked against the contract (the streaming path's rules, one batch)."""
-    if frame.empty:
-        raise ContractViolation(source, None, "no data rows")
-    table = validate_batch(pa.Table.from_pandas(frame, preserve_index=False), source)
-    dupes = duplicate_rows(table.column("customer_id").to_numpy())
-    if dupes.size:
-        raise ContractViolation(source, "customer_id", "duplicate customer_id", int(dupes.size),
-                                [int(i) + 1 for i in dupes[:5]])
-    return table.to_pandas()

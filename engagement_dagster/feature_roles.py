@@ -49,11 +49,15 @@ def read_roles(manifest_path: Path, model: str = MODEL_INPUT) -> FeatureRoles:
     )
 
 
-def stored_failure_relations(manifest_path: Path) -> dict[str, str]:
-    """dbt test name → the relation its failing rows are stored in (tests with `store_failures`)."""
+RANGE_TEST = "columns_within_meta_range"
+
+
+def range_test_failure_relations(manifest_path: Path) -> dict[str, str]:
+    """`columns_within_meta_range` test name → the relation its failing rows are stored in."""
     nodes = json.loads(Path(manifest_path).read_text())["nodes"]
     return {n["name"]: n["relation_name"] for n in nodes.values()
-            if n["resource_type"] == "test" and n["config"].get("store_failures") and n.get("relation_name")}
+            if n["resource_type"] == "test" and (n.get("test_metadata") or {}).get("name") == RANGE_TEST
+            and n["config"].get("store_failures") and n.get("relation_name")}
 
 
 def _bound(value) -> str:

@@ -188,7 +188,7 @@ def _block(seed: int, week: int, idx: np.ndarray, first_active: np.ndarray) -> S
     tier = np.digitize(np.log1p(followers), [5.0, 6.5, 8.0, 9.5])
 
     # --- Ground truth: documented functions of the latent traits (nonlinear, with interactions).
-    # Engagement is a fraction 0–1 (the seed's mean is about 0.37); churn about 38%.
+    # Engagement is a fraction 0–1 (the seed's mean is about 0.37); churn about 37–39%.
     expected_engagement = np.clip(0.325 + 0.14 * np.tanh(act) + 0.08 * soc + 0.06 * sat
                                   + 0.05 * np.maximum(reach, 0) * np.maximum(act, 0), 0, 1)
     churn_logit = (-0.62 - 0.9 * sat - 0.7 * np.tanh(act) + 0.8 * new_customer

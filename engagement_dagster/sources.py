@@ -9,7 +9,6 @@ duplicated header name, a delimiter other than ',', bytes that are not UTF-8, a 
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import csv
 import gzip
@@ -23,14 +22,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from engagement_dagster.contract import LAKE_COLUMNS, PII_COLUMNS, ContractViolation
+from engagement_dagster.contract import LAKE_COLUMNS, ContractViolation, is_pii
 
-CSV_BLOCK_BYTES = 16 << 20  # Arrow parses a CSV in blocks of this size (~40,000 rows of the contract)
+CSV_BLOCK_BYTES = 16 << 20  # Arrow parses a CSV in blocks of this size (~50,000 rows of the contract)
 PARQUET_BATCH_ROWS = 65_536
 OTHER_DELIMITERS = {";": "';' (semicolon)", "\t": "a tab", "|": "'|' (pipe)"}
 FORMATS = (".csv", ".csv.gz", ".parquet")
@@ -77,9 +75,9 @@ def _header(uri: str, path: Path, fmt: str) -> list[str]:
     if not first.strip():
         raise ContractViolation(uri, None, "empty file")
     try:
-        line = first.decode("utf-8-sig")
+        line = first.decode("utf-8").removeprefix("\ufeff")  # Excel's "CSV UTF-8" starts with a BOM
     except UnicodeDecodeError as exc:
-        raise _not_utf8(uri, 1, exc, 0) from exc
+        raise _not_utf8(uri, fmt, 1, exc, 0) from exc
     names = [name.strip() for name in next(csv.reader([line]))]
     if len(names) == 1:
         found = [label for char, label in OTHER_DELIMITERS.items() if char in line]
@@ -95,10 +93,11 @@ def _header(uri: str, path: Path, fmt: str) -> list[str]:
     return names
 
 
-def _not_utf8(uri: str, line: int, exc: UnicodeDecodeError, line_offset: int) -> ContractViolation:
+def _not_utf8(uri: str, fmt: str, line: int, exc: UnicodeDecodeError, line_offset: int) -> ContractViolation:
+    where = "offset in the uncompressed text" if fmt == ".csv.gz" else "file offset"
     return ContractViolation(
         uri, None, f"bytes that are not UTF-8 at line {line}, byte {exc.start + 1} of the line "
-                   f"(file offset {line_offset + exc.start}): {exc.object[exc.start:exc.start + 4]!r}",
+                   f"({where} {line_offset + exc.start}): {exc.object[exc.start:exc.start + 4]!r}",
         hint="re-export the file as UTF-8")
 
 
@@ -108,15 +107,15 @@ def diagnose_csv(uri: str, path: Path, fmt: str, error: Exception) -> ContractVi
     state = {"line": 0, "offset": 0}
 
     def lines() -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8-sig")()
         with _open_text_bytes(path, fmt) as handle:
-            for raw in handle:
+            for raw in handle:  # whole lines: a decoding error's position is within its line
                 state["line"] += 1
                 try:
-                    yield decoder.decode(raw)
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise _not_utf8(uri, state["line"], exc, state["offset"]) from exc
+                    raise _not_utf8(uri, fmt, state["line"], exc, state["offset"]) from exc
                 state["offset"] += len(raw)
+                yield text.removeprefix("\ufeff") if state["line"] == 1 else text
 
     reader = csv.reader(lines())
     header = next(reader)
@@ -146,17 +145,22 @@ class SourceStream:
 
     @property
     def pii_columns(self) -> list[str]:
-        return [c for c in self.columns if c.lower() in PII_COLUMNS]
+        return [c for c in self.columns if is_pii(c)]
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         wanted = [c.name for c in LAKE_COLUMNS if c.name in self.columns]
         if self.format == ".parquet":
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+            try:
+                yield from pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ContractViolation(self.uri, None, f"cannot read the file as Parquet: {exc}") from exc
             return
         try:  # Arrow reads the first block on opening: a bad file can fail here already
             reader = pacsv.open_csv(
-                self.path,
+                pa.input_stream(self.path, compression="gzip" if self.format == ".csv.gz" else None),
                 read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, column_names=self.columns, skip_rows=1),
+                # A quoted value may hold a line break (valid CSV): the chunker must respect quotes.
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=wanted, column_types=dict.fromkeys(wanted, pa.string()),
                     strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True),
@@ -164,14 +168,18 @@ class SourceStream:
             yield from reader
         except pa.ArrowInvalid as exc:
             raise diagnose_csv(self.uri, self.path, self.format, exc) from exc
+        except OSError as exc:  # e.g. a gzip stream that ends early
+            raise ContractViolation(self.uri, None, f"cannot read the file: {exc}") from exc
 
 
 @contextlib.contextmanager
 def open_source(uri: str) -> Iterator[SourceStream]:
-    """Open a source for streaming; refuses unknown formats and malformed headers at once."""
+    """Open a source for streaming; refuses unknown formats and malformed headers at once. Only
+    reading the source is reported as the source's fault: the caller's own errors pass through."""
     fmt = source_format(uri)
-    try:
-        with local_copy(uri) as path:
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(local_copy(uri))
             if fmt == ".parquet":
                 try:
                     columns = pq.ParquetFile(path).schema_arrow.names
@@ -179,28 +187,6 @@ def open_source(uri: str) -> Iterator[SourceStream]:
                     raise ContractViolation(uri, None, f"cannot read the file as Parquet: {exc}") from exc
             else:
                 columns = _header(uri, path, fmt)
-            yield SourceStream(uri, path, fmt, columns)
-    except ContractViolation:
-        raise
-    except (OSError, EOFError) as exc:
-        raise ContractViolation(uri, None, f"cannot read the file: {exc}") from exc
-
-
-def read_table(uri: str) -> pa.Table:
-    """The whole source in memory (for small files, tests and notebooks); the same reader as the stream."""
-    with open_source(uri) as stream:
-        batches = list(stream.batches())
-        schema = batches[0].schema if batches else None
-        if schema is None:
-            return pa.table({c: pa.array([], pa.string()) for c in stream.columns})
-        table = pa.Table.from_batches(batches, schema)
-        extra = [c for c in stream.pii_columns if c not in table.column_names]
-        for name in extra:  # keep the PII column names visible to the caller, contents not read
-            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
-        return table
-
-
-def read_source(uri: str) -> pd.DataFrame:
-    """The whole source as a pandas frame of text (the contract types it)."""
-    return read_table(uri).to_pandas()
-
+        except (OSError, EOFError) as exc:
+            raise ContractViolation(uri, None, f"cannot read the file: {exc}") from exc
+        yield SourceStream(uri, path, fmt, columns)

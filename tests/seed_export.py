@@ -6,10 +6,13 @@ $5–$10,000, the seed's 12 content categories).
 
 As in the seed's export, `content_category_primary` can be drawn independently of behaviour
 (``category="noise"``): no model can beat popularity on it.
+
+    python -m tests.seed_export --rows 100000 --out customer_engagement_dataset_extended.csv
 """
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from pathlib import Path
 
@@ -96,3 +99,13 @@ def write_seed_export(path: Path, n: int, seed: int = 0, category: str = "noise"
     frame = seed_export(n, seed, category)
     frame.to_csv(path, index=False)
     return frame
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write a CSV in the seed platform's export format.")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--category", choices=["noise", "behaviour"], default="noise")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    write_seed_export(args.out, args.rows, args.seed, args.category)

@@ -1,9 +1,18 @@
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
 from engagement_dagster.contract import CONTRACT_COLUMNS, PII_COLUMNS, ContractViolation
 from engagement_dagster.generator import generate_snapshot
-from engagement_dagster.ingest import prepare_snapshot
-from engagement_dagster.sources import read_source
+from engagement_dagster.ingest import ingest_source
+
+
+def prepare_snapshot(path: str):
+    """A file through the contract as `raw_customers` takes it: the typed frame, the PII dropped."""
+    out = Path(path).with_name("ingested.parquet")
+    result = ingest_source(path, out)
+    return pq.read_table(out).to_pandas(), result.pii_columns_dropped
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +28,7 @@ def _csv(tmp_path, frame, name="customers.csv"):
 
 def test_seed_platform_42_column_csv_loads_as_is(tmp_path, customers):
     path = _csv(tmp_path, customers[list(CONTRACT_COLUMNS)], "customer_engagement_dataset_extended.csv")
-    frame, dropped = prepare_snapshot(read_source(path), path)
+    frame, dropped = prepare_snapshot(path)
     assert len(frame) == 500 and dropped == []
     assert frame["customer_id"].dtype.kind in "OT" or str(frame["customer_id"].dtype).startswith(("str", "string"))
     uuid4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -30,7 +39,7 @@ def test_seed_platform_42_column_csv_loads_as_is(tmp_path, customers):
 def test_pii_is_dropped_and_never_written(tmp_path, customers):
     path = tmp_path / "with_pii.parquet"
     customers.to_parquet(path)
-    frame, dropped = prepare_snapshot(read_source(str(path)), str(path))
+    frame, dropped = prepare_snapshot(str(path))
     assert set(dropped) == {"email", "full_name", "phone"}
     assert not set(frame.columns) & set(PII_COLUMNS)
 
@@ -58,7 +67,7 @@ def test_pii_is_dropped_and_never_written(tmp_path, customers):
 def test_violations_name_file_column_rows_and_reason(tmp_path, customers, mutate, column, reason):
     path = _csv(tmp_path, mutate(customers.copy()))
     with pytest.raises(ContractViolation) as info:
-        prepare_snapshot(read_source(path), path)
+        prepare_snapshot(path)
     error = info.value
     assert error.source == path and error.column == column and reason in error.reason
     message = str(error)
@@ -72,7 +81,7 @@ def test_row_numbers_point_at_the_bad_data_row(tmp_path, customers):
     broken.loc[41, "risk_score"] = -5
     path = _csv(tmp_path, broken)
     with pytest.raises(ContractViolation) as info:
-        prepare_snapshot(read_source(path), path)
+        prepare_snapshot(path)
     assert info.value.examples == [42]  # 1-based data row, header not counted
 
 
@@ -81,14 +90,14 @@ def test_empty_file_is_refused(tmp_path, content):
     path = tmp_path / "empty.csv"
     path.write_bytes(content)
     with pytest.raises(ContractViolation, match=r"empty file|no data rows|required column missing") as info:
-        prepare_snapshot(read_source(str(path)), str(path))
+        prepare_snapshot(str(path))
     assert str(path) in str(info.value)
 
 
 def test_unreadable_and_unknown_formats(tmp_path):
     with pytest.raises(ContractViolation, match="cannot read"):
-        read_source(str(tmp_path / "missing.csv"))
+        prepare_snapshot(str(tmp_path / "missing.csv"))
     other = tmp_path / "customers.xlsx"
     other.write_bytes(b"x")
     with pytest.raises(ContractViolation, match="unsupported format"):
-        read_source(str(other))
+        prepare_snapshot(str(other))

@@ -113,3 +113,25 @@ def test_a_refused_challenger_warns_and_the_champions_keep_scoring(refreshed, la
     scored = next(e for e in rerun.get_asset_materialization_events() if e.asset_key.path[-1] == "customer_predictions")
     used = scored.event_specific_data.materialization.metadata["champion_versions"].value
     assert {name: used[name] for name in supervised} == {name: champions[name] for name in supervised}
+
+
+def test_churn_on_its_naive_baseline_still_scores_everyone_and_builds_the_marts(refreshed, lake):
+    """Churn without a champion (say, a first week whose challenger failed the gate) is served by
+    the training churn rate: every customer still gets a row, the marts and their tests pass, and
+    the at-risk list, which needs a churn model to single anyone out, is empty."""
+    from engagement_dagster.assets.scoring import customer_predictions
+    from engagement_dagster.registry import ModelRegistry
+    from engagement_dagster.training import NaiveBaseline
+
+    first, lake_dir = refreshed
+    assert first.success
+    lake.delete("models/churn_model/champion.json")
+    ModelRegistry(lake).register_baseline(NaiveBaseline("churn_model", {"rate": 0.6}))
+    rerun = dg.materialize([customer_predictions, dbt_scoring], partition_key=WEEK, resources=build_resources("local"),
+                           raise_on_error=False)
+    assert rerun.success and all(c.passed for c in rerun.get_asset_check_evaluations())
+    assert query(lake_dir, "select count(*), min(churn_probability), max(churn_probability), "
+                           "count(distinct churn_model_version), min(churn_model_version), "
+                           "count(churn_driver_1), min(churn_drivers_method) from predictions_final") == [
+        (N, 0.6, 0.6, 1, "baseline", 0, "none")]
+    assert query(lake_dir, "select count(*) from at_risk_customers") == [(0,)]

@@ -140,7 +140,8 @@ def test_without_a_champion_the_naive_baseline_serves(lake, parts):
     assert np.allclose(predictions["predicted_engagement_score"], train["engagement_score"].mean())
     assert np.allclose(predictions["churn_probability"], train["churn_30_day"].mean())
     assert np.allclose(predictions["predicted_lifetime_value_usd"], train["lifetime_value_usd"].median())
-    popular = list(train["content_category_primary"].value_counts().index[:3])
+    counts = train["content_category_primary"].value_counts()
+    popular = sorted(counts.index, key=lambda c: (-counts[c], c))[:3]  # ties broken by name
     assert predictions[["recommended_category_1", "recommended_category_2", "recommended_category_3"]
                        ].drop_duplicates().values.tolist() == [popular]
     assert (predictions["churn_drivers_method"] == "none").all() and predictions["churn_driver_1"].isna().all()

@@ -31,3 +31,23 @@ def test_parquet_round_trip_listing_and_uris(s3_lake, s3_endpoint):
     raw = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="engagement-lake")
     assert {o["Key"] for o in raw["Contents"]} == {
         "team/a/raw/customers/snapshot_week=2026-11-09/customers.parquet", "team/a/models/churn_model/champion.json"}
+
+
+def test_a_source_on_s3_is_ingested_and_the_snapshot_file_published(s3_lake, s3_endpoint, tmp_path):
+    """A user's gzipped export read from s3:// (the weekly schedule's ENGAGEMENT_SOURCE_URI), and
+    the snapshot published from its local file (boto3's upload_file: multipart above 8 MB)."""
+    from engagement_dagster import ingest
+    from tests.seed_export import write_seed_export
+
+    frame = write_seed_export(tmp_path / "export.csv", 500, seed=5)
+    frame.to_csv(tmp_path / "export.csv.gz", index=False)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="customer-exports")
+    s3.upload_file(str(tmp_path / "export.csv.gz"), "customer-exports", "weekly/customers_2026-11-09.csv.gz")
+    result = ingest.ingest_source("s3://customer-exports/weekly/customers_2026-11-09.csv.gz", tmp_path / "raw.parquet")
+    assert result.rows == 500
+
+    key = "raw/customers/snapshot_week=2026-11-09/customers.parquet"
+    assert s3_lake.write_file(key, tmp_path / "raw.parquet") == f"s3://engagement-lake/team/a/{key}"
+    assert s3_lake.read_bytes(key) == (tmp_path / "raw.parquet").read_bytes()
+    assert list(s3_lake.read_parquet(key)["customer_id"]) == list(frame["customer_id"])

@@ -95,10 +95,34 @@ def test_a_wrong_delimiter_is_named(tmp_path, sep, named):
 
 def test_bytes_that_are_not_utf8_are_located(seed_csv):
     data = seed_csv.read_bytes().split(b"\n")
-    data[5] = data[5].replace(b"US-", b"US-", 1) + b"\xe9t\xe9"  # Latin-1 bytes at the end of line 6
+    data[5] += b"\xe9t\xe9"  # Latin-1 bytes appended to the last field of line 6
     seed_csv.write_bytes(b"\n".join(data))
+    offset = sum(len(line) + 1 for line in data[:5]) + len(data[5]) - 3
     error = refusal(seed_csv)
-    assert "bytes that are not UTF-8 at line 6" in error.reason and "\\xe9" in error.reason
+    assert error.reason.startswith(f"bytes that are not UTF-8 at line 6, byte {len(data[5]) - 2} of the line "
+                                   f"(file offset {offset}): b'\\xe9t\\xe9")
+    assert "re-export the file as UTF-8" in str(error)
+
+
+def test_quoted_line_breaks_and_upper_case_extensions_are_read(tmp_path, small_chunks):
+    """Valid CSV the reader must take: a quoted value with a line break (in a column the
+    platform does not read), wherever a block boundary falls, and a `.CSV.GZ` name."""
+    frame = write_seed_export(tmp_path / "ok.csv", N, seed=4)
+    frame.insert(1, "notes", "first line\nsecond line")
+    path = tmp_path / "EXPORT.CSV.GZ"
+    with gzip.open(path, "wt") as handle:
+        frame.to_csv(handle, index=False)
+    assert ingest.ingest_source(str(path), tmp_path / "out.parquet").rows == N
+
+
+def test_a_number_too_large_for_a_whole_number_is_refused(seed_csv):
+    lines = seed_csv.read_text().splitlines()
+    fields = lines[7].split(",")
+    fields[CONTRACT_COLUMNS.index("followers_count")] = "1e20"
+    lines[7] = ",".join(fields)
+    seed_csv.write_text("\n".join(lines) + "\n")
+    error = refusal(seed_csv)
+    assert (error.column, error.examples, error.reason) == ("followers_count", [7], "too large for a whole number")
 
 
 def test_a_truncated_last_row_names_its_line(tmp_path):
@@ -109,6 +133,13 @@ def test_a_truncated_last_row_names_its_line(tmp_path):
     error = refusal(path)
     assert "truncated last row: line 201 has" in error.reason and "of 42 fields" in error.reason
     assert "export the file again" in str(error)
+
+
+def test_a_row_with_the_wrong_number_of_fields_names_its_line(seed_csv):
+    lines = seed_csv.read_text().splitlines()
+    lines[99] += ",surplus"  # data row 99, line 100
+    seed_csv.write_text("\n".join(lines) + "\n")
+    assert refusal(seed_csv).reason == "line 100 has 43 fields, the header has 42"
 
 
 def test_missing_required_column_and_empty_files(tmp_path):

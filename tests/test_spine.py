@@ -10,6 +10,7 @@ import pandas as pd
 
 from engagement_dagster.assets.dbt import dbt_features
 from engagement_dagster.assets.ingest import RAW_CUSTOMERS, raw_customers
+from engagement_dagster.cli import summary
 from engagement_dagster.contract import TARGETS
 from engagement_dagster.dbt_project import engagement_dbt
 from engagement_dagster.ingest import raw_key
@@ -76,6 +77,12 @@ def test_bad_source_fails_clearly_and_keeps_the_previous_snapshot(lake_dir, lake
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)
     assert str(bad_path) in message and "'age'" in message and "above the maximum" in message
+    # What `make run` prints: one line that says what, where and what to do; no stack trace.
+    text = summary(result, WEEK_1, 1.0, {})
+    (stopped,) = [line for line in text.splitlines() if "STOPPED" in line]
+    assert stopped.startswith(f"  STOPPED at ingest__raw_customers: {bad_path}: column 'age': 1 row(s), e.g. data "
+                              "rows [6]: above the maximum 120") and "What to do:" in stopped
+    assert "Traceback" not in text
     assert lake.read_bytes(raw_key(WEEK_1)) == before
     assert not list(lake_dir.glob("raw/**/.*tmp"))  # no temporary file left behind
 

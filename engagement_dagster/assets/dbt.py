@@ -13,7 +13,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
 from engagement_dagster.dbt_project import engagement_dbt
-from engagement_dagster.feature_roles import range_failure_summary, stored_failure_relations
+from engagement_dagster.feature_roles import range_failure_summary, range_test_failure_relations
 from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.warehouse import Warehouse
 
@@ -38,7 +38,10 @@ TRANSLATOR = EngagementDbtTranslator(settings=DagsterDbtTranslatorSettings(enabl
 
 def _explain(check: dg.AssetCheckResult, relation: str, warehouse: Warehouse) -> dg.AssetCheckResult:
     """A failed range test, told by its stored failing rows: which columns, how many rows, how far."""
-    failures = warehouse.query(f"select * from {relation}").to_dict("records")
+    try:
+        failures = warehouse.query(f"select * from {relation}").to_dict("records")
+    except Exception:  # the test errored before storing rows: dbt's own message says why
+        return check
     summary = range_failure_summary(failures)
     return dg.AssetCheckResult(
         passed=False, asset_key=check.asset_key, check_name=check.check_name, severity=check.severity,
@@ -50,7 +53,7 @@ def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Wa
     # dagster-dbt hands dbt a copy of os.environ: set the week there for this invocation only.
     previous = os.environ.get(SNAPSHOT_WEEK_ENV)
     os.environ[SNAPSHOT_WEEK_ENV] = context.partition_key
-    stored = stored_failure_relations(engagement_dbt.manifest_path)
+    stored = range_test_failure_relations(engagement_dbt.manifest_path)
     held = []
     try:
         invocation = dbt.cli(["build"], context=context, raise_on_error=False)

@@ -1,5 +1,6 @@
 -- High churn probability × high predicted value: the customers worth a retention offer, most
--- value at risk first. Their churn drivers are exact TreeSHAP (see the scoring module).
+-- value at risk first. Their churn drivers are exact TreeSHAP (see the scoring module). Empty
+-- while churn is served by its naive baseline: one rate for everyone singles out no one.
 with ranked as (
     select
         *,
@@ -10,4 +11,5 @@ with ranked as (
 select *
 from ranked
 where churn_probability >= {{ var('at_risk_churn_probability') }}
+  and churn_drivers_method != 'none'
   and ltv_percentile >= {{ var('at_risk_ltv_percentile') }}
