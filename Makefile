@@ -47,7 +47,7 @@ browser:
 	       && $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 # Full weekly refresh, timed per stage; BENCH_CUSTOMERS="100000 1000000" for the larger size.
-# Then ingest alone on a 10M-row CSV (about 4 GB, written once into .bench-data/); BENCH_INGEST_ROWS=0 skips it.
+# Then ingest alone on a 10M-row CSV (about 3 GB, written once into .bench-data/); BENCH_INGEST_ROWS=0 skips it.
 BENCH_CUSTOMERS ?= 100000
 BENCH_REPEAT ?= 3
 BENCH_INGEST_ROWS ?= 10000000
