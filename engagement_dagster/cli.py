@@ -17,7 +17,7 @@ import time
 import dagster as dg
 
 from engagement_dagster.partitions import weekly_partitions
-from engagement_dagster.settings import PROJECT_ROOT, environment, lake_dir, warehouse_path
+from engagement_dagster.settings import PROJECT_ROOT, environment, warehouse_path, where_things_are
 
 
 def step_seconds(result: dg.ExecuteInProcessResult) -> dict[str, float]:
@@ -109,9 +109,7 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
                   f"{c.asset_key.to_user_string()}:{c.check_name}"
                   + (f": {c.description}" if c.description else "") for c in failed),
         *_refusals(result),
-        f"  lake:      {lake_dir()}",
-        f"  warehouse: {warehouse_path()}  (DuckDB: predictions_final, at_risk_customers, churn_by_segment, …)",
-        f"  registry:  {lake_dir() / 'models'}  (champion.json, card.md per model)",
+        *(f"  {name + ':':<10} {where}" for name, where in where_things_are().items()),
         "  UI:        make ui  → http://127.0.0.1:3000 (lineage, runs, checks)",
     ]
     return "\n".join(lines)

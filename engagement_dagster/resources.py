@@ -15,7 +15,7 @@ from packaging.version import Version
 from engagement_dagster.catalog import GlueCatalog, LocalCatalog
 from engagement_dagster.dbt_project import engagement_dbt
 from engagement_dagster.lake import LocalLake, S3Lake
-from engagement_dagster.settings import environment, lake_dir, warehouse_path
+from engagement_dagster.settings import aws_settings, environment, lake_dir, warehouse_path
 from engagement_dagster.warehouse import AthenaWarehouse, DuckDBWarehouse
 
 
@@ -38,17 +38,18 @@ class DbtCoreCliResource(DbtCliResource):
 def build_resources(env: str | None = None) -> dict:
     env = env or environment()
     if env == "aws":
+        aws = aws_settings()  # refuses to start without them, naming each missing one
         lake = S3Lake(
-            bucket=os.environ.get("ENGAGEMENT_LAKE_BUCKET", "engagement-lake"),
-            prefix=os.environ.get("ENGAGEMENT_LAKE_PREFIX", ""),
+            bucket=aws["ENGAGEMENT_LAKE_BUCKET"],
+            prefix=aws["ENGAGEMENT_LAKE_PREFIX"],
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
         )
         # The Glue database the dbt source `lake` reads (dbt_project/models/sources.yml).
-        catalog = GlueCatalog(database=os.environ.get("ENGAGEMENT_GLUE_RAW_DATABASE", "engagement_raw"))
+        catalog = GlueCatalog(database=aws["ENGAGEMENT_GLUE_RAW_DATABASE"])
         warehouse = AthenaWarehouse(
-            database=os.environ.get("ENGAGEMENT_GLUE_DATABASE", "engagement"),
-            workgroup=os.environ.get("ENGAGEMENT_ATHENA_WORKGROUP", "primary"),
-            output_location=os.environ.get("ENGAGEMENT_ATHENA_STAGING", "s3://engagement-athena-results/staging/"),
+            database=aws["ENGAGEMENT_GLUE_DATABASE"],
+            workgroup=aws["ENGAGEMENT_ATHENA_WORKGROUP"],
+            output_location=aws["ENGAGEMENT_ATHENA_STAGING"],
         )
     else:
         # dbt runs in its own directory: hand it the lake as an absolute path.

@@ -62,8 +62,38 @@ class AthenaWarehouse(Warehouse):
                 raise RuntimeError(f"Athena query {sql!r} {state}: "
                                    f"{status['Status'].get('StateChangeReason', '')}")
             time.sleep(self.poll_seconds)
-        # Athena writes the full result as one CSV: read it from S3 instead of paging the API.
+        # The result's column types, from Athena itself (one page of one row is enough) ...
+        metadata = athena.get_query_results(QueryExecutionId=query_id, MaxResults=1)["ResultSet"]
+        columns = metadata.get("ResultSetMetadata", {}).get("ColumnInfo", [])
+        # ... and its rows from the one CSV Athena writes, instead of paging the API.
         location = urlparse(status["ResultConfiguration"]["OutputLocation"])
         s3 = boto3.client("s3", region_name=self.region_name, endpoint_url=self.endpoint_url)
         body = s3.get_object(Bucket=location.netloc, Key=location.path.lstrip("/"))["Body"].read()
-        return pd.read_csv(io.BytesIO(body)) if body.strip() else pd.DataFrame()
+        return typed_athena_csv(body, columns)
+
+
+# Athena (Trino) result types → pandas dtypes. Everything else stays text.
+_INTEGER = {"tinyint", "smallint", "integer", "int", "bigint"}
+_FLOAT = {"real", "float", "double", "decimal"}
+
+
+def typed_athena_csv(body: bytes, columns: list[dict]) -> pd.DataFrame:
+    """Athena's CSV result typed by its ColumnInfo: ids that look like numbers stay text
+    (`customer_id` '00042'), integers stay integers with nulls, dates and booleans are parsed."""
+    if not body.strip():
+        return pd.DataFrame({c["Name"]: pd.Series(dtype="string") for c in columns})
+    frame = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False, na_values=[""])
+    for column in columns:
+        name, kind = column["Name"], column["Type"].lower().split("(")[0]
+        values = frame[name]
+        if kind in _INTEGER:
+            frame[name] = pd.to_numeric(values).astype("Int64")
+        elif kind in _FLOAT:
+            frame[name] = pd.to_numeric(values).astype("float64")
+        elif kind == "boolean":
+            frame[name] = values.str.lower().map({"true": True, "false": False}).astype("boolean")
+        elif kind == "date" or kind.startswith("timestamp"):
+            frame[name] = pd.to_datetime(values)
+        else:
+            frame[name] = values.astype("string")
+    return frame

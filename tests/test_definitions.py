@@ -49,17 +49,26 @@ def test_weekly_schedule_runs_monday_0600_utc_for_the_closed_week():
 
 
 def test_environment_switch_picks_the_lake(monkeypatch):
+    import pytest
+
     from engagement_dagster.lake import LocalLake, S3Lake
     from engagement_dagster.resources import build_resources
+    from engagement_dagster.settings import AWS_SETTINGS, MissingSettings
 
+    for name in AWS_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ENGAGEMENT_LAKE_BUCKET", "my-lake")
+    with pytest.raises(MissingSettings) as missing:  # no global default names: each missing one is named
+        build_resources("aws")
+    assert "ENGAGEMENT_LAKE_BUCKET" not in str(missing.value)
+    assert all(name in str(missing.value) for name in AWS_SETTINGS if name != "ENGAGEMENT_LAKE_BUCKET")
+    for name in AWS_SETTINGS:
+        monkeypatch.setenv(name, "my-lake" if name == "ENGAGEMENT_LAKE_BUCKET" else f"s3://x/{name.lower()}")
     aws = build_resources("aws")
     assert isinstance(aws["lake"], S3Lake) and aws["lake"].bucket == "my-lake" and aws["dbt"].target == "prod"
     local = build_resources("local")
     assert isinstance(local["lake"], LocalLake) and local["dbt"].target == "local"
     monkeypatch.setenv("ENGAGEMENT_ENV", "gcp")
-    import pytest
-
     from engagement_dagster.settings import environment
 
     with pytest.raises(ValueError, match="ENGAGEMENT_ENV"):
@@ -86,3 +95,18 @@ def test_dagster_and_dg_clis_validate_the_code_location(tmp_path):
         done = subprocess.run([os.path.join(bin_dir, command[0]), *command[1:]], cwd=PROJECT_ROOT, env=env,
                               capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+
+
+def test_the_run_summary_names_s3_and_glue_in_aws_mode(monkeypatch):
+    from engagement_dagster.settings import AWS_SETTINGS, where_things_are
+
+    for name in AWS_SETTINGS:
+        monkeypatch.setenv(name, name.lower())
+    monkeypatch.setenv("ENGAGEMENT_LAKE_BUCKET", "acme-engagement-lake")
+    monkeypatch.setenv("ENGAGEMENT_LAKE_PREFIX", "prod/")
+    monkeypatch.setenv("ENGAGEMENT_ENV", "aws")
+    where = where_things_are()
+    assert where["lake"] == "s3://acme-engagement-lake/prod/"
+    assert where["registry"].startswith("s3://acme-engagement-lake/prod/models/")
+    assert "Athena workgroup engagement_athena_workgroup" in where["warehouse"]
+    assert "engagement_glue_raw_database (raw_customers, customer_predictions)" in where["warehouse"]

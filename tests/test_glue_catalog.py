@@ -23,6 +23,9 @@ def aws(aws_endpoint, monkeypatch):
     monkeypatch.setenv("ENGAGEMENT_LAKE_BUCKET", "catalog-lake")
     monkeypatch.setenv("ENGAGEMENT_LAKE_PREFIX", "prod")
     monkeypatch.setenv("ENGAGEMENT_GLUE_RAW_DATABASE", "catalog_raw")
+    monkeypatch.setenv("ENGAGEMENT_GLUE_DATABASE", "catalog")
+    monkeypatch.setenv("ENGAGEMENT_ATHENA_WORKGROUP", "primary")
+    monkeypatch.setenv("ENGAGEMENT_ATHENA_STAGING", "s3://catalog-lake/athena/")
     boto3.client("s3").create_bucket(Bucket="catalog-lake")
     return boto3.client("glue")
 
