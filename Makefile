@@ -12,7 +12,7 @@ MANIFEST := dbt_project/target/manifest.json
 CUSTOMERS ?= 100000
 WEEK ?=
 
-.PHONY: setup run test browser ui bench manifest clean
+.PHONY: setup run test browser postgres ui bench manifest clean
 
 setup: $(STAMP) $(MANIFEST)
 
@@ -34,7 +34,7 @@ run: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m engagement_dagster.cli run --customers $(CUSTOMERS) $(if $(WEEK),--week $(WEEK))
 
-test: setup browser
+test: setup browser postgres
 	$(BIN)/ruff check engagement_dagster tests
 	$(BIN)/python -m pytest
 
@@ -45,6 +45,13 @@ browser:
 	  || ! command -v apt-get >/dev/null \
 	  || { $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq \
 	       && $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
+
+# The ECS launch test runs against a real PostgreSQL (Debian's package; the test starts its own
+# server in a temporary directory). Installed when missing and apt is at hand.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v apt-get >/dev/null \
+	  || { $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq \
+	       && $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 
 # Full weekly refresh, timed per stage; BENCH_CUSTOMERS="100000 1000000" for the larger size.
 # Then ingest alone on a 10M-row CSV (about 3 GB, written once into .bench-data/); BENCH_INGEST_ROWS=0 skips it.

@@ -6,6 +6,7 @@ from engagement_dagster.assets.dbt import dbt_features, dbt_scoring
 from engagement_dagster.assets.ingest import raw_customers
 from engagement_dagster.assets.models import train_models
 from engagement_dagster.assets.scoring import customer_predictions
+from engagement_dagster.deploy_sizes import validate_ecs_run_tags
 from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.resources import build_resources
 
@@ -15,6 +16,7 @@ HEAVY_RUN_TAGS = {"ecs/cpu": "16384", "ecs/memory": "65536"}
 
 
 def _job(name: str, selection: dg.AssetSelection, description: str, tags: dict | None = None):
+    validate_ecs_run_tags(tags or {}, owner=f"job {name}")  # AWS would refuse an invalid pair only at launch
     # In-process: dbt and the models share one Python process instead of re-importing the code
     # location for every step (which costs seconds each).
     return dg.define_asset_job(name, selection=selection, partitions_def=weekly_partitions,

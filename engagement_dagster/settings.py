@@ -40,6 +40,7 @@ AWS_SETTINGS = {
     "ENGAGEMENT_GLUE_DATABASE": "Glue database dbt builds its tables in",
     "ENGAGEMENT_ATHENA_WORKGROUP": "Athena workgroup",
     "ENGAGEMENT_ATHENA_STAGING": "s3:// prefix for Athena query results",
+    "ENGAGEMENT_ATHENA_DATA": "s3:// prefix where dbt writes its Athena tables",
 }
 
 
