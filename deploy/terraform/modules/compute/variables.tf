@@ -1,0 +1,166 @@
+variable "name_prefix" {
+  description = "Cluster name; task families are <name_prefix>-code-server, -webserver, -daemon and -run."
+  type        = string
+}
+
+variable "account_id" {
+  type = string
+}
+
+variable "partition" {
+  type = string
+}
+
+variable "region" {
+  type = string
+}
+
+variable "kms_key_arn" {
+  type = string
+}
+
+variable "image_tag" {
+  type = string
+}
+
+variable "container_name" {
+  description = "Container name of the code server and run task definitions (dagster.yaml run_launcher.container_name, the state machine's container override)."
+  type        = string
+  default     = "engagement-dagster"
+}
+
+variable "code_location_name" {
+  type    = string
+  default = "engagement_dagster"
+}
+
+variable "dagster_home" {
+  description = "DAGSTER_HOME inside the image: the directory holding deploy/dagster.yaml (Postgres storage, EcsRunLauncher)."
+  type        = string
+  default     = "/opt/engagement-dagster/deploy"
+}
+
+variable "private_subnet_ids" {
+  type = list(string)
+}
+
+variable "vpc_id" {
+  type = string
+}
+
+variable "webserver_ingress_cidr_blocks" {
+  description = "Private CIDR blocks allowed to reach the UI on port 3000."
+  type        = list(string)
+}
+
+variable "database_security_group_id" {
+  description = "The database's security group (the tasks may open PostgreSQL connections to it)."
+  type        = string
+}
+
+variable "log_retention_days" {
+  type = number
+}
+
+variable "lake_bucket" {
+  type = string
+}
+
+variable "lake_bucket_arn" {
+  type = string
+}
+
+variable "lake_prefix" {
+  type = string
+}
+
+variable "athena_results_bucket" {
+  type = string
+}
+
+variable "athena_results_arn" {
+  type = string
+}
+
+variable "glue_raw_database" {
+  type = string
+}
+
+variable "glue_database" {
+  type = string
+}
+
+variable "athena_workgroup" {
+  type = string
+}
+
+variable "athena_workgroup_arn" {
+  type = string
+}
+
+variable "athena_staging" {
+  type = string
+}
+
+variable "db_address" {
+  type = string
+}
+
+variable "db_port" {
+  type = number
+}
+
+variable "db_name" {
+  type = string
+}
+
+variable "db_username" {
+  type = string
+}
+
+variable "db_master_secret_arn" {
+  type = string
+}
+
+# Long-running services. Fargate pairs: 1 vCPU with 2-8 GB, 2 vCPU with 4-16 GB.
+variable "code_server_cpu" {
+  description = "The code server imports dagster-dbt and loads the dbt manifest; it also evaluates schedules and sensors."
+  type        = number
+  default     = 2048
+}
+
+variable "code_server_memory" {
+  type    = number
+  default = 8192
+}
+
+variable "webserver_cpu" {
+  type    = number
+  default = 1024
+}
+
+variable "webserver_memory" {
+  type    = number
+  default = 4096
+}
+
+variable "daemon_cpu" {
+  type    = number
+  default = 1024
+}
+
+variable "daemon_memory" {
+  type    = number
+  default = 4096
+}
+
+variable "run_ephemeral_storage_gib" {
+  description = "Task storage of a run (the lake's weekly files pass through it); Fargate allows 21-200 GiB."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.run_ephemeral_storage_gib >= 21 && var.run_ephemeral_storage_gib <= 200
+    error_message = "Fargate ephemeral storage is 21-200 GiB."
+  }
+}

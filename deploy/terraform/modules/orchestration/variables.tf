@@ -1,0 +1,72 @@
+variable "name_prefix" {
+  type = string
+}
+
+variable "account_id" {
+  type = string
+}
+
+variable "partition" {
+  type = string
+}
+
+variable "region" {
+  type = string
+}
+
+variable "kms_key_arn" {
+  type = string
+}
+
+variable "log_retention_days" {
+  type = number
+}
+
+variable "definition_path" {
+  description = "Amazon States Language template of the weekly refresh (see README for its variables)."
+  type        = string
+}
+
+variable "schedule_expression" {
+  type = string
+}
+
+variable "alert_emails" {
+  type = list(string)
+}
+
+variable "cluster_name" {
+  type = string
+}
+
+variable "cluster_arn" {
+  type = string
+}
+
+variable "run_task_family" {
+  type = string
+}
+
+variable "run_task_definition_arn_unrevised" {
+  type = string
+}
+
+variable "container_name" {
+  type = string
+}
+
+variable "task_role_arn" {
+  type = string
+}
+
+variable "execution_role_arn" {
+  type = string
+}
+
+variable "private_subnet_ids" {
+  type = list(string)
+}
+
+variable "tasks_security_group_id" {
+  type = string
+}
