@@ -158,7 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--source", help="CSV/Parquet path or URI instead of the synthetic generator")
     run_parser.add_argument("--seed", type=int, default=42)
     run_parser.add_argument("--timings-json", help="write step timings to this file (used by `make bench`)")
-    args = parser.parse_args(argv)
+    sub.add_parser("export-sfn", add_help=False,
+                   help="write today's graph as a Step Functions state machine + weekly rule (deploy/step_functions/)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "export-sfn":
+        import warnings
+
+        for category in (dg.BetaWarning, dg.PreviewWarning):  # Dagster's own API notes, not the user's business
+            warnings.filterwarnings("ignore", category=category)
+        from engagement_dagster.export.step_functions import export_sfn_main
+
+        return export_sfn_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return run(args.week, args.customers, args.source, args.seed, args.timings_json)
 
 

@@ -107,6 +107,9 @@ module "compute" {
   db_name              = module.database.db_name
   db_username          = module.database.username
   db_master_secret_arn = module.database.master_user_secret_arn
+
+  source_uri         = var.source_uri
+  source_object_arns = var.source_object_arns
 }
 
 module "orchestration" {

@@ -149,3 +149,15 @@ variable "alert_emails" {
   type        = list(string)
   default     = []
 }
+
+variable "source_uri" {
+  description = "The week's customer file for the runs (ENGAGEMENT_SOURCE_URI), e.g. s3://acme-exports/customers_{snapshot_week}.csv.gz; empty: the built-in synthetic generator."
+  type        = string
+  default     = ""
+}
+
+variable "source_object_arns" {
+  description = "S3 object ARNs the runs may read the customer file from, e.g. [\"arn:aws:s3:::acme-exports/customers_*\"] (read-only)."
+  type        = list(string)
+  default     = []
+}

@@ -112,6 +112,17 @@ resource "aws_iam_role_policy" "task" {
 }
 
 data "aws_iam_policy_document" "task" {
+  # Read-only access to the customer file the runs ingest (var.source_uri), when it is outside the lake.
+  dynamic "statement" {
+    for_each = length(var.source_object_arns) > 0 ? [var.source_object_arns] : []
+    content {
+      sid       = "ReadCustomerSource"
+      effect    = "Allow"
+      actions   = ["s3:GetObject"]
+      resources = statement.value
+    }
+  }
+
   statement {
     sid    = "ListProjectBuckets"
     effect = "Allow"

@@ -46,7 +46,10 @@ locals {
   }
 
   # Sorted by name: ECS returns them sorted, so an unsorted list would show a diff on every plan.
-  environment = [for name in sort(keys(local.environment_map)) : { name = name, value = local.environment_map[name] }]
+  # The weekly customer file, when the runs read one (raw_customers falls back to the generator).
+  source_environment = var.source_uri == "" ? {} : { ENGAGEMENT_SOURCE_URI = var.source_uri }
+  all_environment    = merge(local.environment_map, local.source_environment)
+  environment        = [for name in sort(keys(local.all_environment)) : { name = name, value = local.all_environment[name] }]
 
   # RDS keeps {"username": ..., "password": ...} in the secret; ECS injects one JSON key.
   secrets = [

@@ -164,3 +164,15 @@ variable "run_ephemeral_storage_gib" {
     error_message = "Fargate ephemeral storage is 21-200 GiB."
   }
 }
+
+variable "source_uri" {
+  description = "ENGAGEMENT_SOURCE_URI of the runs; empty: the synthetic generator."
+  type        = string
+  default     = ""
+}
+
+variable "source_object_arns" {
+  description = "S3 object ARNs the runs may read the customer file from."
+  type        = list(string)
+  default     = []
+}
