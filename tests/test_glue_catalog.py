@@ -26,6 +26,7 @@ def aws(aws_endpoint, monkeypatch):
     monkeypatch.setenv("ENGAGEMENT_GLUE_DATABASE", "catalog")
     monkeypatch.setenv("ENGAGEMENT_ATHENA_WORKGROUP", "primary")
     monkeypatch.setenv("ENGAGEMENT_ATHENA_STAGING", "s3://catalog-lake/athena/")
+    monkeypatch.setenv("ENGAGEMENT_ATHENA_DATA", "s3://catalog-lake/warehouse/")
     boto3.client("s3").create_bucket(Bucket="catalog-lake")
     return boto3.client("glue")
 
