@@ -498,31 +498,32 @@ def moto_sfn(aws_endpoint, monkeypatch):
     _patch_moto_ecs_integration(monkeypatch)
     before = (_moto_api(aws_endpoint, "config") or {}).get("stepfunctions", {"execute_state_machine": False})
     _moto_api(aws_endpoint, "config", {"stepfunctions": {**before, "execute_state_machine": True}})
-    _moto_api(aws_endpoint, "state-manager/set-transition",
-              {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1_000_000}})
-    suffix = uuid.uuid4().hex[:8]
-    ec2, ecs, sns, sqs = (boto3.client(name) for name in ("ec2", "ecs", "sns", "sqs"))
-    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName=f"tasks-{suffix}", Description="tasks", VpcId=vpc)["GroupId"]
-    cluster = ecs.create_cluster(clusterName=f"engagement-dagster-{suffix}")["cluster"]["clusterArn"]
-    family = f"engagement-dagster-run-{suffix}"
-    # memoryReservation: moto's run_task needs container-level memory.
-    ecs.register_task_definition(
-        family=family, requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="16384", memory="65536",
-        containerDefinitions=[{"name": "engagement-dagster", "image": "engagement-dagster:test",
-                               "memoryReservation": 1024, "essential": True}])
-    topic = sns.create_topic(Name=f"failures-{suffix}")["TopicArn"]
-    queue = sqs.create_queue(QueueName=f"failures-{suffix}")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-    values = {"cluster_arn": cluster, "task_definition_family": family, "container_name": "engagement-dagster",
-              "subnet_ids_json": [subnet], "security_group_ids_json": [group], "sns_topic_arn": topic}
-    yield {"values": values, "queue": queue, "suffix": suffix}
-    # Leave the shared server as it was found.
-    _moto_api(aws_endpoint, "state-manager/unset-transition", {"model_name": "ecs::task"})
-    _moto_api(aws_endpoint, "config", {"stepfunctions": before})
+    try:
+        _moto_api(aws_endpoint, "state-manager/set-transition",
+                  {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1_000_000}})
+        suffix = uuid.uuid4().hex[:8]
+        ec2, ecs, sns, sqs = (boto3.client(name) for name in ("ec2", "ecs", "sns", "sqs"))
+        vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName=f"tasks-{suffix}", Description="tasks", VpcId=vpc)["GroupId"]
+        cluster = ecs.create_cluster(clusterName=f"engagement-dagster-{suffix}")["cluster"]["clusterArn"]
+        family = f"engagement-dagster-run-{suffix}"
+        # memoryReservation: moto's run_task needs container-level memory.
+        ecs.register_task_definition(
+            family=family, requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="16384", memory="65536",
+            containerDefinitions=[{"name": "engagement-dagster", "image": "engagement-dagster:test",
+                                   "memoryReservation": 1024, "essential": True}])
+        topic = sns.create_topic(Name=f"failures-{suffix}")["TopicArn"]
+        queue = sqs.create_queue(QueueName=f"failures-{suffix}")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        values = {"cluster_arn": cluster, "task_definition_family": family, "container_name": "engagement-dagster",
+                  "subnet_ids_json": [subnet], "security_group_ids_json": [group], "sns_topic_arn": topic}
+        yield {"values": values, "queue": queue, "suffix": suffix}
+    finally:  # leave the shared server as it was found, even when the setup above fails
+        _moto_api(aws_endpoint, "state-manager/unset-transition", {"model_name": "ecs::task"})
+        _moto_api(aws_endpoint, "config", {"stepfunctions": before})
 
 
 def execute(definition: str, execution_input: dict, cluster: str, hold_seconds: float = 1.5, timeout: float = 120):

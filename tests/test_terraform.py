@@ -660,3 +660,17 @@ def test_outputs_name_what_other_parts_must_match():
     # Required inputs: only what differs per account.
     required = {name for name, body in variables(TF_DIR).items() if "default" not in body}
     assert required == {"aws_region", "vpc_id", "private_subnet_ids", "image_tag"}
+
+
+def test_one_orchestrator_at_a_time():
+    """The daemon's schedule or the state machine's rule, never both: two refreshes of one week
+    would collide, and the daemon's run monitoring would fail the state machine's runs."""
+    root = (TF_DIR / "main.tf").read_text()
+    assert 'run_daemon         = var.orchestrator == "dagster"' in root
+    assert 'schedule_enabled    = var.orchestrator == "step_functions"' in root
+    services = (COMPUTE / "services.tf").read_text()
+    daemon = services[services.index('resource "aws_ecs_service" "daemon"'):]
+    assert "desired_count           = var.run_daemon ? 1 : 0" in daemon.split("\nresource ")[0]
+    rule = (MODULES_DIR / "orchestration" / "main.tf").read_text()
+    assert 'state               = var.schedule_enabled ? "ENABLED" : "DISABLED"' in rule
+    assert root_default("orchestrator") == "dagster"

@@ -110,6 +110,7 @@ module "compute" {
 
   source_uri         = var.source_uri
   source_object_arns = var.source_object_arns
+  run_daemon         = var.orchestrator == "dagster"
 }
 
 module "orchestration" {
@@ -124,6 +125,7 @@ module "orchestration" {
 
   definition_path     = local.state_machine_definition_path
   schedule_expression = var.schedule_expression
+  schedule_enabled    = var.orchestrator == "step_functions"
   alert_emails        = var.alert_emails
 
   cluster_name                      = module.compute.cluster_name

@@ -161,3 +161,13 @@ variable "source_object_arns" {
   type        = list(string)
   default     = []
 }
+
+variable "orchestrator" {
+  description = "Who runs the weekly refresh: \"dagster\" (the daemon's schedule and run queue on ECS) or \"step_functions\" (the exported state machine on its EventBridge rule; the daemon is scaled to 0 so its run monitoring does not mark the state machine's runs as failed). Never both: two refreshes of one week would collide."
+  type        = string
+  default     = "dagster"
+  validation {
+    condition     = contains(["dagster", "step_functions"], var.orchestrator)
+    error_message = "orchestrator must be \"dagster\" or \"step_functions\"."
+  }
+}

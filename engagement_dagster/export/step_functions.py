@@ -76,7 +76,7 @@ SCHEDULED_NAME = "engagement-dagster-weekly-refresh"
 LIGHT_SIZE = ("2048", "8192")
 HEAVY_CPU = 8192  # CPU units from which a stage counts as heavy (8 and 16 vCPU Fargate sizes)
 CALENDAR_YEARS = 25
-# Per attempt. 60M customers measure ~35 minutes on 16 vCPU (docs/deploy-aws.md).
+# Per attempt. 60M customers are estimated (not measured) at under an hour on 16 vCPU (docs/deploy-aws.md).
 HEAVY_TIMEOUT_SECONDS = 4 * 3600
 LIGHT_TIMEOUT_SECONDS = 2 * 3600
 EXECUTION_TIMEOUT_SECONDS = 24 * 3600

@@ -13,7 +13,8 @@ locals {
   # Families the task role may run: ours (<prefix>-*), and run_* the EcsRunLauncher registers
   # under its default task_definition_prefix when dagster.yaml names no task_definition.
   runnable_task_definitions = [
-    "${local.arn_prefix_ecs}:task-definition/${var.name_prefix}-*",
+    # The run family and the EcsRunLauncher's run_* families only: never a second daemon or webserver.
+    "${local.arn_prefix_ecs}:task-definition/${var.name_prefix}-run:*",
     "${local.arn_prefix_ecs}:task-definition/run_*",
   ]
 }

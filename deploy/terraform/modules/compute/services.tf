@@ -68,7 +68,7 @@ resource "aws_ecs_service" "daemon" {
   name                    = "${var.name_prefix}-daemon"
   cluster                 = aws_ecs_cluster.this.id
   task_definition         = aws_ecs_task_definition.daemon.arn
-  desired_count           = 1
+  desired_count           = var.run_daemon ? 1 : 0
   launch_type             = "FARGATE"
   platform_version        = "LATEST"
   propagate_tags          = "SERVICE"

@@ -49,7 +49,10 @@ locals {
   # The weekly customer file, when the runs read one (raw_customers falls back to the generator).
   source_environment = var.source_uri == "" ? {} : { ENGAGEMENT_SOURCE_URI = var.source_uri }
   all_environment    = merge(local.environment_map, local.source_environment)
-  environment        = [for name in sort(keys(local.all_environment)) : { name = name, value = local.all_environment[name] }]
+  # ECS drops empty values (an empty ENGAGEMENT_LAKE_PREFIX is the default): leave them out, or every
+  # plan shows a diff and re-registers the task definitions.
+  environment = [for name in sort(keys(local.all_environment)) : { name = name, value = local.all_environment[name] }
+  if local.all_environment[name] != ""]
 
   # RDS keeps {"username": ..., "password": ...} in the secret; ECS injects one JSON key.
   secrets = [

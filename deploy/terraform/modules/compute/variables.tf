@@ -176,3 +176,9 @@ variable "source_object_arns" {
   type        = list(string)
   default     = []
 }
+
+variable "run_daemon" {
+  description = "Run the Dagster daemon (schedules, run queue, run monitoring); false when the exported state machine orchestrates."
+  type        = bool
+  default     = true
+}

@@ -250,7 +250,7 @@ resource "aws_cloudwatch_event_rule" "weekly" {
   name                = "${local.state_machine_name}-schedule"
   description         = "Starts the weekly refresh"
   schedule_expression = var.schedule_expression
-  state               = "ENABLED"
+  state               = var.schedule_enabled ? "ENABLED" : "DISABLED"
 }
 
 resource "aws_cloudwatch_event_target" "weekly" {

@@ -31,6 +31,12 @@ variable "schedule_expression" {
   type = string
 }
 
+variable "schedule_enabled" {
+  description = "Whether the EventBridge rule starts the state machine (the orchestrator is step_functions)."
+  type        = bool
+  default     = false
+}
+
 variable "alert_emails" {
   type = list(string)
 }
