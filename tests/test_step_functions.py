@@ -163,20 +163,22 @@ def test_the_template_uses_only_the_orchestration_modules_variables(exported):
 # The real graph: stages, sizes, retries, dependencies
 # ---------------------------------------------------------------------------------------------
 
-def test_the_real_graph_runs_as_four_group_stages_sized_from_the_jobs(defs, machine):
+def test_the_real_graph_runs_as_group_stages_sized_from_the_jobs(defs, machine):
     from engagement_dagster.definitions import HEAVY_RUN_TAGS
 
     assert stage_layers(machine) == [["Materialize ingest"], ["Materialize features"], ["Materialize models"],
-                                     ["Materialize scoring"]]
+                                     ["Materialize scoring"], ["Materialize knowledge_base"]]
     tasks = ecs_tasks(machine["States"])
     sizes = {name: (t["Parameters"]["Overrides"]["Cpu"], t["Parameters"]["Overrides"]["Memory"])
              for name, t in tasks.items()}
     heavy = (HEAVY_RUN_TAGS["ecs/cpu"], HEAVY_RUN_TAGS["ecs/memory"])
     assert sizes == {"Materialize ingest": sfn.LIGHT_SIZE, "Materialize features": sfn.LIGHT_SIZE,
-                     "Materialize models": heavy, "Materialize scoring": heavy}
+                     "Materialize models": heavy, "Materialize scoring": heavy,
+                     "Materialize knowledge_base": sfn.LIGHT_SIZE}
     assert {name: selection_of(t) for name, t in tasks.items()} == {
         "Materialize ingest": "group:ingest", "Materialize features": "group:features",
-        "Materialize models": "group:models", "Materialize scoring": "group:scoring"}
+        "Materialize models": "group:models", "Materialize scoring": "group:scoring",
+        "Materialize knowledge_base": "group:knowledge_base"}
     for name, task in tasks.items():
         params = task["Parameters"]
         assert params["Cluster"] == SAMPLE_VALUES["cluster_arn"]
@@ -567,14 +569,14 @@ def test_the_weekly_refresh_runs_on_moto_one_task_per_stage_in_order(moto_sfn, e
     definition = sfn.render_template(exported[sfn.ASL_FILE], moto_sfn["values"])
     described, tasks = execute(definition, {"snapshot_week": "2026-11-09"}, moto_sfn["values"]["cluster_arn"])
     assert described["status"] == "SUCCEEDED", described
-    assert [task["group"] for task in tasks] == [f"weekly-refresh:{name}"
-                                                for name in ("ingest", "features", "models", "scoring")]
+    stages = ("ingest", "features", "models", "scoring", "knowledge_base")
+    assert [task["group"] for task in tasks] == [f"weekly-refresh:{name}" for name in stages]
     for earlier, later in itertools.pairwise(tasks):
         assert earlier["stopped"] is not None and earlier["stopped"] <= later["started"]
     assert tasks[2]["command"] == [
         "dagster", "asset", "materialize", "-m", "engagement_dagster.definitions", "--select", "group:models",
         "--partition", "2026-11-09", "--config-json", sfn.RUN_CONFIG_JSON]
-    assert [task["size"] for task in tasks] == [("2048", "8192")] * 2 + [("16384", "65536")] * 2
+    assert [task["size"] for task in tasks] == [("2048", "8192")] * 2 + [("16384", "65536")] * 2 + [("2048", "8192")]
     assert json.loads(described["output"])["run"]["week_source"] == "execution input"
     assert notifications(moto_sfn["queue"]) == []
 
