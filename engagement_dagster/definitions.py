@@ -4,7 +4,7 @@ import dagster as dg
 
 from engagement_dagster.assets.dbt import dbt_features, dbt_scoring
 from engagement_dagster.assets.ingest import raw_customers
-from engagement_dagster.assets.kb import kb_documents
+from engagement_dagster.assets.kb import kb_documents, kb_index
 from engagement_dagster.assets.models import train_models
 from engagement_dagster.assets.scoring import customer_predictions
 from engagement_dagster.deploy_sizes import validate_ecs_run_tags
@@ -34,7 +34,7 @@ scoring_job = _job("scoring", dg.AssetSelection.groups("scoring"),
                    "Score every customer with the champions and rebuild the marts.", HEAVY_RUN_TAGS)
 
 defs = dg.Definitions(
-    assets=[raw_customers, dbt_features, train_models, customer_predictions, dbt_scoring, kb_documents],
+    assets=[raw_customers, dbt_features, train_models, customer_predictions, dbt_scoring, kb_documents, kb_index],
     jobs=[weekly_refresh, training_job, scoring_job],
     # Monday 06:00 UTC, for the week that just closed.
     schedules=[dg.build_schedule_from_partitioned_job(weekly_refresh, name="weekly_refresh_schedule")],

@@ -1,18 +1,21 @@
 """`knowledge_base` stage: the week's markdown documents (model cards, feature importance, segments,
 at-risk and high-engagement analyses, week-over-week changes, data dictionary), generated from the
-registry, the dbt marts and the dbt manifest by the plain `engagement_dagster.kb.documents`."""
+registry, the dbt marts and the dbt manifest by the plain `engagement_dagster.kb.documents`; and
+their search index (chunks + BM25), built by the plain `engagement_dagster.kb.index`."""
 
 import dagster as dg
+from pydantic import Field
 
 from engagement_dagster.assets.models import MODEL_INPUT_KEY, MODEL_KEYS
 from engagement_dagster.assets.scoring import CUSTOMER_PREDICTIONS
 from engagement_dagster.dbt_project import engagement_dbt
-from engagement_dagster.kb import documents
+from engagement_dagster.kb import documents, index
 from engagement_dagster.lake import Lake
 from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.warehouse import AthenaWarehouse, DuckDBWarehouse, Warehouse
 
 KB_DOCUMENTS = dg.AssetKey(["knowledge_base", "kb_documents"])
+KB_INDEX = dg.AssetKey(["knowledge_base", "kb_index"])
 MART_KEYS = [dg.AssetKey(["scoring", mart]) for mart in documents.MARTS]  # dagster-dbt's keys (assets/dbt.py)
 
 
@@ -48,4 +51,42 @@ def kb_documents(context: dg.AssetExecutionContext, lake: Lake, warehouse: Wareh
         "total_words": written.words,
         "previous_week": previous or "none (first week)",
         "path": dg.MetadataValue.path(lake.uri(documents.week_prefix(week))),
+    })
+
+
+
+class KbIndexConfig(dg.Config):
+    chunk_tokens: int = Field(default=index.DEFAULT_CHUNK_TOKENS,
+                              description="Tokens per chunk (a token: a word, or one punctuation mark).")
+    overlap: float = Field(default=index.DEFAULT_OVERLAP,
+                           description="Tokens consecutive chunks share, as a fraction of chunk_tokens (0 to <1).")
+
+
+@dg.asset(
+    key=KB_INDEX,
+    deps=[KB_DOCUMENTS],
+    group_name="knowledge_base",
+    partitions_def=weekly_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    kinds={"python", "bm25"},
+    description="The week's documents cut into overlapping chunks (default 300 tokens, 20% overlap) and ranked by "
+                "BM25, under kb/index/snapshot_week=…/ (chunks.parquet, the bm25s files, index_manifest.json with "
+                "each document's sha256). Lexical only until the [kb] extra's embeddings are wired; a week whose "
+                "documents and settings are unchanged is not re-indexed.",
+)
+def kb_index(context: dg.AssetExecutionContext, config: KbIndexConfig, lake: Lake) -> dg.MaterializeResult:
+    week = context.partition_key
+    settings = index.ChunkSettings(chunk_tokens=config.chunk_tokens, overlap=config.overlap)
+    built = index.build_index(lake, week, settings)
+    context.log.info(f"kb_index {week}: {built.status} ({built.chunks} chunks from {built.documents} documents, "
+                     f"{built.seconds:.2f} s)")
+    return dg.MaterializeResult(metadata={
+        "status": built.status,
+        "backend": built.backend,
+        "documents": built.documents,
+        "chunks": built.chunks,
+        "tokens_per_chunk": settings.chunk_tokens,
+        "overlap_tokens": settings.overlap_tokens,
+        "index_build_seconds": round(built.seconds, 3),
+        "path": dg.MetadataValue.path(lake.uri(index.index_prefix(week))),
     })

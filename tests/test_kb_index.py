@@ -1,0 +1,266 @@
+"""The knowledge base's index: chunks of exact size and overlap that cover every token in order,
+no work for an unchanged week, a rebuild for a changed document, and business questions answered
+from a week of the whole graph on a small snapshot (each question's document in the top 5)."""
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+
+from engagement_dagster.assets.kb import KB_INDEX, kb_index
+from engagement_dagster.definitions import defs
+from engagement_dagster.kb import documents, index
+from engagement_dagster.lake import LocalLake
+from engagement_dagster.resources import build_resources
+
+WEEK0, WEEK = "2026-11-09", "2026-11-16"
+N = 3_000
+
+BODY = """# Churn by segment (week of 2026-11-09)
+
+From the churn_by_segment mart: customers, churn risk and value at risk per segment. """ + " ".join(
+    f"Sentence {i} says the segment's churn probability moved, with value at risk in USD." for i in range(12)) + """
+
+## Segments
+
+| segment | customers | mean churn probability | value at risk (USD) |
+|---|---|---|---|
+""" + "\n".join(f"| Segment {i} | {1000 + i:,} | 0.{3000 + i} | {50_000 + i:,}.25 |" for i in range(25)) + """
+
+## Notes
+
+Highest mean churn probability: Segment 7 (0.3007). The most value at risk is held by Segment 24.
+"""
+
+
+def _rows(body: str) -> list[str]:
+    return [line for line in body.splitlines() if line.startswith("| Segment")]
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(40, 0.25), (64, 0.2), (300, 0.2), (25, 0.0)])
+def test_chunks_have_the_size_and_exact_overlap_and_cover_every_token_in_order(size, overlap):
+    settings = index.ChunkSettings(chunk_tokens=size, overlap=overlap)
+    tokens = index.tokenize(BODY)
+    chunks = index.chunk_document("churn_by_segment", "Churn by segment", BODY, settings)
+    assert len(tokens) > 600 and (len(chunks) > 1)
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    assert [c.chunk_id for c in chunks] == [f"churn_by_segment#{i:03d}" for i in range(len(chunks))]
+    assert chunks[0].token_start == 0 and chunks[-1].token_end == len(tokens)
+    for chunk in chunks:
+        assert 0 < chunk.token_end - chunk.token_start <= size
+        assert index.tokenize(chunk.passage) == tokens[chunk.token_start:chunk.token_end]  # the text, in order
+        assert chunk.text.endswith(chunk.passage) and chunk.text.startswith("Churn by segment")
+    for before, after in itertools.pairwise(chunks):
+        assert before.token_end - after.token_start == settings.overlap_tokens  # exactly the overlap
+        assert after.token_start > before.token_start  # forward, in order
+        assert before.token_end - before.token_start >= size // 2  # a window is cut short only to end a line
+    covered = set().union(*(range(c.token_start, c.token_end) for c in chunks))
+    assert covered == set(range(len(tokens)))
+    # every table row whole in some chunk, and a chunk inside a table carries the heading and the table's header
+    for row in _rows(BODY):
+        assert any(row in c.passage.splitlines() for c in chunks), row
+    starts = [m.start() for m in index.TOKEN_PATTERN.finditer(BODY)]
+    lines = BODY.split("\n")
+    in_table = [c for c in chunks if lines[BODY[:starts[c.token_start]].count("\n")].startswith("|")]
+    assert in_table or size >= 300  # chunks that start in a table
+    for chunk in in_table:
+        assert "\nSegments\n" in chunk.text and "| segment | customers |" in chunk.text
+
+
+def test_default_settings_are_300_tokens_with_20_percent_overlap():
+    settings = index.ChunkSettings()
+    assert (settings.chunk_tokens, settings.overlap_tokens) == (300, 60)
+    assert settings.describe()["tokenizer"] == index.TOKENIZER
+    assert index.tokenize("log_weekly_minutes is 0.3979 | ok.") == ["log_weekly_minutes", "is", "0", ".", "3979",
+                                                                     "|", "ok", "."]
+    with pytest.raises(ValueError, match="overlap"):
+        index.ChunkSettings(overlap=1.0)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        index.ChunkSettings(chunk_tokens=5)
+
+
+def test_the_analyzer_splits_identifiers_and_drops_stop_words():
+    assert index.analyze("What does log_weekly_minutes mean for the Segments?") == [
+        "log_weekly_minutes", "log", "weekly", "minut", "mean", "segment"]
+
+
+def test_the_plain_module_imports_no_dagster():
+    code = ("import sys; import engagement_dagster.kb.index as i; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dagster', 'dagster_dbt', 'dbt'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --- building and re-building a week, on documents written by the documents module
+
+
+class CountingLake:
+    """A LocalLake that counts its writes and deletes."""
+
+    def __init__(self, root):
+        self.inner, self.writes, self.deletes = LocalLake(root=str(root)), [], []
+
+    def write_bytes(self, key, data):
+        self.writes.append(key)
+        return self.inner.write_bytes(key, data)
+
+    def delete(self, key):
+        self.deletes.append(key)
+        return self.inner.delete(key)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _doc(doc_id: str, title: str, body: str) -> documents.Document:
+    return documents.Document(doc_id, title, body, {"doc_id": doc_id, "title": title, "doc_type": doc_id,
+                                                    "snapshot_week": WEEK})
+
+
+def _write(lake, docs) -> None:
+    documents.write_week(lake, documents.KnowledgeBaseWeek(WEEK, docs, {}, {}, None))
+
+
+def _index_files(root) -> dict[str, tuple[bytes, int, int]]:
+    base = root / "kb" / "index"
+    return {str(p.relative_to(base)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino)
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
+    lake = CountingLake(tmp_path)
+    churn = _doc("churn_by_segment", "Churn by segment", BODY)
+    card = _doc("model_card_churn_model", "Model card: churn_model",
+                "# Model card: churn_model\n\nAUC 0.87, calibrated by isotonic regression: ECE 0.02.\n")
+    _write(lake, [churn, card])
+
+    first = index.build_index(lake, WEEK)
+    assert first.status == "rebuilt" and first.documents == 2 and first.backend == index.lexical_backend()
+    manifest = json.loads(lake.read_bytes(index.index_manifest_key(WEEK)))
+    sha = {d["doc_id"]: d["sha256"] for d in documents.read_manifest(lake, WEEK)["documents"]}
+    assert manifest["document_sha256"] == sha
+    assert manifest["settings"] == index.ChunkSettings().describe()
+    assert manifest["counts"]["chunks"] == first.chunks == sum(d["chunks"] for d in manifest["documents"])
+    assert manifest["backend"].startswith("bm25 (lexical only")
+    files = _index_files(tmp_path)
+    assert {f"snapshot_week={WEEK}/chunks.parquet", f"snapshot_week={WEEK}/index_manifest.json",
+            f"snapshot_week={WEEK}/bm25/vocab.index.json"} <= set(files)
+    assert index.search(lake, WEEK, "how calibrated is the churn model")[0].doc_id == "model_card_churn_model"
+
+    lake.writes.clear()
+    again = index.build_index(lake, WEEK)
+    assert again.status == "unchanged" and again.chunks == first.chunks
+    assert lake.writes == [] and lake.deletes == []
+    assert _index_files(tmp_path) == files  # same bytes, same mtimes, same files
+
+    # the same documents regenerated (same bytes): still nothing to do
+    _write(lake, [churn, card])
+    lake.writes.clear()
+    assert index.build_index(lake, WEEK).status == "unchanged" and lake.writes == []
+
+    # one changed document: rebuilt, and search sees the new text (the per-process cache is refreshed)
+    _write(lake, [churn, _doc(card.doc_id, card.title, card.body_markdown + "\nRecalibrated with Platt scaling.\n")])
+    lake.writes.clear()
+    changed = index.build_index(lake, WEEK)
+    assert changed.status == "rebuilt" and index.index_manifest_key(WEEK) == lake.writes[-1]  # the manifest last
+    assert index.search(lake, WEEK, "platt scaling")[0].doc_id == "model_card_churn_model"
+
+    # other chunk settings: rebuilt with them
+    smaller = index.build_index(lake, WEEK, index.ChunkSettings(chunk_tokens=50, overlap=0.1))
+    assert smaller.status == "rebuilt" and smaller.chunks > changed.chunks
+    assert index.read_index_manifest(lake, WEEK)["settings"]["overlap_tokens"] == 5
+
+
+def test_a_week_without_an_index_is_refused_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="materialize knowledge_base/kb_index for 2026-11-16"):
+        index.search(LocalLake(root=str(tmp_path)), WEEK, "churn")
+
+
+# --- a week of the whole graph
+
+QUESTIONS = {
+    "which segments have the highest churn risk": {"churn_by_segment", "segment_profiles"},
+    "how accurate is the churn model and how calibrated is it": {"model_card_churn_model"},
+    "what are the top features for engagement": {"feature_importance", "model_card_engagement_model"},
+    "how many customers are at risk and what is their lifetime value": {"at_risk_analysis"},
+    "what changed since last week": {"week_over_week"},
+    "what does the column log_weekly_minutes mean": {"data_dictionary"},
+    "how many high-engagement customers are there": {"high_engagement_analysis"},
+    "what drives churn for at-risk customers": {"at_risk_analysis"},
+    "how many anomalies were flagged this week": {"model_card_anomaly_model"},
+    "are churn decisions fair across gender and age": {"model_card_churn_model"},
+    "what are the customer segments like": {"segment_profiles", "model_card_segment_model"},
+    "weekly summary of the predictions": {"weekly_summary"},
+    "how did the figures change compared with the previous week": {"week_over_week"},
+}
+
+
+@pytest.fixture(scope="module")
+def week(tmp_path_factory):
+    """Two weeks of the whole graph and their indexes (the second week's documents say what changed),
+    then the second week's index materialized again."""
+    root = tmp_path_factory.mktemp("kb_index_lake")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ENGAGEMENT_LAKE_DIR", str(root))
+        patch.setenv("ENGAGEMENT_ENV", "local")
+        resources = build_resources("local")
+        for week in (WEEK0, WEEK):
+            result = dg.materialize(
+                [*defs.assets, kb_index], partition_key=week, resources=resources, raise_on_error=False,
+                run_config={"ops": {"ingest__raw_customers": {"config": {"n_customers": N}}}})
+            assert result.success
+        files = _index_files(root)
+        again = dg.materialize([kb_index], partition_key=WEEK, resources=resources)
+        yield root, LocalLake(root=str(root)), result, again, files
+
+
+def _metadata(result) -> dict:
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == KB_INDEX)
+    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def test_the_asset_indexes_the_week_and_does_no_work_the_second_time(week):
+    root, lake, first, again, files = week
+    assert kb_index.group_names_by_key[KB_INDEX] == "knowledge_base"
+    assert {dep.asset_key for spec in kb_index.specs for dep in spec.deps} == {dg.AssetKey(["knowledge_base",
+                                                                                            "kb_documents"])}
+    meta = _metadata(first)
+    manifest = index.read_index_manifest(lake, WEEK)
+    assert meta["status"] == "rebuilt" and meta["backend"] == manifest["backend"] == index.lexical_backend()
+    assert meta["documents"] == len(documents.read_manifest(lake, WEEK)["documents"]) == 14
+    assert meta["chunks"] == manifest["counts"]["chunks"] > meta["documents"]
+    assert (meta["tokens_per_chunk"], meta["overlap_tokens"]) == (300, 60)
+    assert meta["index_build_seconds"] > 0
+    assert meta["path"] == str(root / "kb" / "index" / f"snapshot_week={WEEK}")
+    assert _metadata(again)["status"] == "unchanged"
+    assert _index_files(root) == files
+
+
+def test_business_questions_find_their_document_in_the_top_5(week):
+    _, lake, *_ = week
+    index.search(lake, WEEK, "warm the cache")
+    ranks, latencies = {}, []
+    for question, expected in QUESTIONS.items():
+        hits = index.search(lake, WEEK, question, k=5)
+        assert len(hits) == 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert all(h.chunk_id.startswith(h.doc_id + "#") and h.title and h.text for h in hits)
+        ranks[question] = next((i for i, h in enumerate(hits, 1) if h.doc_id in expected), None)
+        latencies.append(hits.seconds)
+        assert hits.load_seconds < 0.5  # cached: only the manifest is read
+    print("\nranks:", json.dumps(ranks, indent=1), f"\nmax query latency {max(latencies) * 1e3:.2f} ms")
+    assert all(ranks.values()), {q: r for q, r in ranks.items() if r is None}
+    assert max(latencies) < 0.05
+
+
+def test_a_fresh_process_loads_the_index_and_answers(week):
+    _, lake, *_ = week
+    index._CACHE.clear()
+    started = time.perf_counter()
+    hits = index.search(lake, WEEK, "what does the column log_weekly_minutes mean")
+    assert "data_dictionary" in [h.doc_id for h in hits] and hits.load_seconds > 0
+    assert index.search(lake, WEEK0, "churn by segment")[0].title.endswith(f"(week of {WEEK0})")  # each week its own
+    assert time.perf_counter() - started < 2
