@@ -1,114 +1,60 @@
-"""The lake: one interface over a local directory (embedded default) and an S3 bucket/prefix.
-
-Keys are '/'-separated paths relative to the lake root, laid out as in DESIGN.md §7. Every write
-is atomic: locally the bytes go to a temporary file beside the target and are renamed over it;
-an S3 PUT is atomic by itself. A reader never sees a half-written object.
+"""The lake as a Dagster resource: one interface over a local directory (embedded default) and an
+S3 bucket/prefix. A thin wrapper: the storage itself (atomic writes, listing, S3 calls) is the
+plain `engagement_dagster.storage`, which code without Dagster uses directly.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import boto3
 import dagster as dg
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
+
+from engagement_dagster.storage import LocalStore, S3Store, Store
 
 
 class Lake(dg.ConfigurableResource):
     """Abstract lake; use LocalLake or S3Lake."""
 
-    def write_bytes(self, key: str, data: bytes) -> str:
+    def store(self) -> Store:
         raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        return self.store().write_bytes(key, data)
 
     def read_bytes(self, key: str) -> bytes:
-        raise NotImplementedError
+        return self.store().read_bytes(key)
 
     def exists(self, key: str) -> bool:
-        raise NotImplementedError
+        return self.store().exists(key)
 
     def list_keys(self, prefix: str) -> list[str]:
-        raise NotImplementedError
+        return self.store().list_keys(prefix)
 
     def uri(self, key: str) -> str:
-        raise NotImplementedError
+        return self.store().uri(key)
 
     def delete(self, key: str) -> None:
-        raise NotImplementedError
+        self.store().delete(key)
 
     def write_file(self, key: str, path: Path) -> str:
         """Publish a finished local file under ``key`` in one atomic step (large files never pass
         through memory)."""
-        raise NotImplementedError
+        return self.store().write_file(key, path)
 
     def write_parquet(self, key: str, frame: pd.DataFrame) -> str:
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
-        return self.write_bytes(key, buffer.getvalue())
+        return self.store().write_parquet(key, frame)
 
     def read_parquet(self, key: str) -> pd.DataFrame:
-        return pq.read_table(io.BytesIO(self.read_bytes(key))).to_pandas()
+        return self.store().read_parquet(key)
 
 
 class LocalLake(Lake):
     root: str = Field(description="Directory that holds the lake.")
 
-    def _path(self, key: str) -> Path:
-        return Path(self.root) / key
-
-    def write_bytes(self, key: str, data: bytes) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)  # atomic on POSIX: readers see the old file or the new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(target)
-
-    def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list_keys(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        if not base.exists():
-            return []
-        root = Path(self.root)
-        return sorted(str(p.relative_to(root)) for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith("."))
-
-    def uri(self, key: str) -> str:
-        return str(self._path(key))
-
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-    def write_file(self, key: str, path: Path) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)  # beside the target first: the rename below is then atomic
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(target)
+    def store(self) -> Store:
+        return LocalStore(self.root)
 
 
 class S3Lake(Lake):
@@ -117,36 +63,5 @@ class S3Lake(Lake):
     endpoint_url: str | None = Field(default=None, description="Custom endpoint (e.g. a local moto server).")
     region_name: str | None = Field(default=None)
 
-    def _client(self):
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region_name)
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix.strip('/')}/{key}" if self.prefix.strip("/") else key
-
-    def write_bytes(self, key: str, data: bytes) -> str:
-        self._client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-        return self.uri(key)
-
-    def read_bytes(self, key: str) -> bytes:
-        return self._client().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-
-    def exists(self, key: str) -> bool:
-        response = self._client().list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
-        return any(obj["Key"] == self._key(key) for obj in response.get("Contents", []))
-
-    def list_keys(self, prefix: str) -> list[str]:
-        paginator = self._client().get_paginator("list_objects_v2")
-        strip = len(self._key(""))
-        return sorted(obj["Key"][strip:] for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))
-                      for obj in page.get("Contents", []))
-
-    def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
-
-    def delete(self, key: str) -> None:
-        self._client().delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def write_file(self, key: str, path: Path) -> str:
-        # Multipart for large files; the object appears only when the upload completes.
-        self._client().upload_file(str(path), self.bucket, self._key(key))
-        return self.uri(key)
+    def store(self) -> Store:
+        return S3Store(self.bucket, self.prefix, self.endpoint_url, self.region_name)

@@ -16,11 +16,14 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from engagement_dagster.lake import Lake
 from engagement_dagster.training import MODEL_KINDS, ModelKind, NaiveBaseline
+
+if TYPE_CHECKING:  # any lake works (the Dagster resource or a plain storage.Store): no Dagster import here
+    from engagement_dagster.storage import Store as Lake
 
 DEFAULT_TOLERANCE = 0.02  # a challenger may be at most 2% worse than the champion (relative)
 
