@@ -34,7 +34,9 @@ CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 CHECKOV_STAMP = CHECKOV_VENV / f".installed-checkov-{CHECKOV_VERSION}"
 
-EXPECTED_MODULES = {"kms", "storage", "catalog", "database", "compute", "orchestration"}
+EXPECTED_MODULES = {"kms", "storage", "catalog", "database", "compute", "orchestration", "knowledge_base"}
+# Modules the root instantiates with `count` (checkov names their resources module.<name>[0].…).
+COUNTED_MODULES = {"knowledge_base"}
 
 # Environment every Dagster container needs (engagement_dagster/settings.py, deploy/dagster.yaml).
 REQUIRED_ENV = {
@@ -182,7 +184,9 @@ def skip_comments() -> list[tuple[str, str, str]]:
     out = []
     for path in TF_FILES:
         rel = path.relative_to(TF_DIR)
-        prefix = f"module.{rel.parts[1]}." if rel.parts[0] == "modules" else ""
+        prefix = ""
+        if rel.parts[0] == "modules":
+            prefix = f"module.{rel.parts[1]}[0]." if rel.parts[1] in COUNTED_MODULES else f"module.{rel.parts[1]}."
         block = None
         for line in path.read_text().splitlines():
             header = re.match(r'\s*(resource|data)\s+"([^"]+)"\s+"([^"]+)"\s*\{', line)
@@ -214,6 +218,7 @@ def test_root_composes_the_modules_with_aws_provider_6_27():
         # checkov names module resources by call name; skip_comments() relies on dir == name.
         assert source == f"./modules/{name}"
         assert (TF_DIR / source).is_dir()
+    assert {name for name, body in module_calls().items() if "count" in body} == COUNTED_MODULES
 
     for directory in [TF_DIR, *(MODULES_DIR / m for m in EXPECTED_MODULES)]:
         terraform = parsed(directory / "versions.tf")["terraform"][0]
@@ -248,12 +253,13 @@ def test_references_resolve_within_each_module(directory):
     for name, call in (module_calls().items() if directory == TF_DIR else []):
         child = MODULES_DIR / name
         declared = variables(child)
-        arguments = {k for k in call if k not in {"source", "__is_block__", "__comments__", "__inline_comments__"}}
+        arguments = {k for k in call
+                     if k not in {"source", "count", "__is_block__", "__comments__", "__inline_comments__"}}
         assert arguments <= set(declared), (name, arguments - set(declared))
         required = {v for v, body in declared.items() if "default" not in body}
         assert required <= arguments, (name, required - arguments)
         outputs = _declared(child, "output")
-        used = set(re.findall(rf"\bmodule\.{name}\.(\w+)", code))
+        used = set(re.findall(rf"\bmodule\.{name}(?:\[\d+\])?\.(\w+)", code))
         assert used <= outputs, (name, used - outputs)
 
 
@@ -656,6 +662,7 @@ def test_outputs_name_what_other_parts_must_match():
         "cluster_name", "task_families", "run_task_family", "container_name", "sns_topic_arn",
         "lake_bucket", "athena_results_bucket", "db_endpoint", "glue_raw_database", "glue_database",
         "athena_workgroup", "athena_staging", "state_machine_arn", "ecr_repository_url",
+        "knowledge_base_id", "data_source_id", "kb_bucket",
     } <= outputs
     # Required inputs: only what differs per account.
     required = {name for name, body in variables(TF_DIR).items() if "default" not in body}
@@ -674,3 +681,248 @@ def test_one_orchestrator_at_a_time():
     rule = (MODULES_DIR / "orchestration" / "main.tf").read_text()
     assert 'state               = var.schedule_enabled ? "ENABLED" : "DISABLED"' in rule
     assert root_default("orchestrator") == "dagster"
+
+
+# ------------------------------------------------------------------------------------------------
+# (4) The Bedrock knowledge base (modules/knowledge_base)
+# ------------------------------------------------------------------------------------------------
+
+KB = MODULES_DIR / "knowledge_base"
+KB_ENVIRONMENT = {"ENGAGEMENT_KB_BUCKET", "ENGAGEMENT_KB_ID", "ENGAGEMENT_KB_DATA_SOURCE_ID",
+                  "ENGAGEMENT_LLM_BACKEND", "ENGAGEMENT_BEDROCK_MODEL_ID"}
+
+
+def _resolve_local(value, local: dict):
+    """A module local's literal value when value is exactly `${local.name}`."""
+    match = re.fullmatch(r"\$\{local\.(\w+)\}", str(value))
+    return unquote(local[match.group(1)]) if match else unquote(value)
+
+
+def test_knowledge_base_is_wired_from_the_root_and_can_be_left_out():
+    call = module_calls()["knowledge_base"]
+    assert call["count"] == "${var.knowledge_base ? 1 : 0}"
+    knowledge_base = variables(TF_DIR)["knowledge_base"]
+    assert knowledge_base["type"] in {"bool", "${bool}"} and knowledge_base["default"] is True
+    assert call["task_role_name"] == "${module.compute.task_role_name}"
+    assert call["kms_key_arn"] == "${module.kms.key_arn}"
+    assert call["access_logs_bucket"] == "${module.storage.access_logs_bucket}"
+    # The access log bucket admits the documents bucket's log delivery.
+    storage = module_calls()["storage"]
+    assert storage["extra_logged_bucket_arns"] == "${var.knowledge_base ? [module.knowledge_base[0].kb_bucket_arn] : []}"
+    access_logs = one("data", "aws_iam_policy_document", "access_logs", MODULES_DIR / "storage")
+    (delivery,) = [s for s in access_logs["statement"] if unquote(s["sid"]) == "S3ServerAccessLogsFromProjectBuckets"]
+    source_arn = next(c for c in delivery["condition"] if unquote(c["variable"]) == "aws:SourceArn")
+    assert "var.extra_logged_bucket_arns" in str(source_arn["values"])
+
+    # Every container gets the knowledge base's settings, only when it exists (never an empty value).
+    compute = module_calls()["compute"]
+    assert compute["knowledge_base"] == "${var.knowledge_base}"
+    assert compute["kb_bucket"] == '${var.knowledge_base ? module.knowledge_base[0].kb_bucket : ""}'
+    assert compute["kb_id"] == '${var.knowledge_base ? module.knowledge_base[0].knowledge_base_id : ""}'
+    assert compute["kb_data_source_id"] == '${var.knowledge_base ? module.knowledge_base[0].data_source_id : ""}'
+    assert compute["bedrock_model_id"] == '${var.knowledge_base ? var.agent_model_id : ""}'
+    local = module_locals(COMPUTE)
+    text = (COMPUTE / "tasks.tf").read_text()
+    block = text[text.index("knowledge_base_environment = "):text.index("all_environment = ")]
+    assert block.startswith("knowledge_base_environment = !var.knowledge_base ? {} : {")
+    assert set(re.findall(r"\b(ENGAGEMENT_[A-Z_]+)\s*=", block)) == KB_ENVIRONMENT
+    assert 'ENGAGEMENT_LLM_BACKEND       = "bedrock"' in block
+    assert "local.knowledge_base_environment" in local["all_environment"]
+    assert not KB_ENVIRONMENT & set(local["environment_map"])  # none unconditional
+    assert "if local.all_environment[name] != \"\"" in text
+
+    outputs = {}
+    for block_ in parsed(TF_DIR / "outputs.tf")["output"]:
+        outputs.update({unquote(k): v for k, v in block_.items()})
+    assert outputs["knowledge_base_id"]["value"] == "${var.knowledge_base ? module.knowledge_base[0].knowledge_base_id : null}"
+    assert outputs["data_source_id"]["value"] == "${var.knowledge_base ? module.knowledge_base[0].data_source_id : null}"
+    assert outputs["kb_bucket"]["value"] == "${var.knowledge_base ? module.knowledge_base[0].kb_bucket : null}"
+
+
+def test_knowledge_base_embeds_with_titan_v2_1024_into_a_matching_s3_vectors_index():
+    local = module_locals(KB)
+    kb = one("resource", "aws_bedrockagent_knowledge_base", "this", KB)
+    config = kb["knowledge_base_configuration"][0]
+    assert unquote(config["type"]) == "VECTOR"
+    vector = config["vector_knowledge_base_configuration"][0]
+    assert vector["embedding_model_arn"] == "${local.embedding_model_arn}"
+    assert unquote(local["embedding_model_id"]) == "amazon.titan-embed-text-v2:0"
+    assert unquote(local["embedding_model_arn"]) == \
+        "arn:${var.partition}:bedrock:${var.region}::foundation-model/${local.embedding_model_id}"
+    embedding = vector["embedding_model_configuration"][0]["bedrock_embedding_model_configuration"][0]
+    dimensions = _resolve_local(embedding["dimensions"], local)
+    assert dimensions == 1024
+    assert unquote(embedding["embedding_data_type"]) == "FLOAT32"
+
+    storage = kb["storage_configuration"][0]
+    assert unquote(storage["type"]) == "S3_VECTORS"
+    (s3_vectors,) = storage["s3_vectors_configuration"]
+    # The provider takes index_arn, or index_name with vector_bucket_arn: never both.
+    assert s3_vectors["index_arn"] == "${aws_s3vectors_index.this.index_arn}"
+    assert not {"index_name", "vector_bucket_arn"} & set(s3_vectors)
+    assert kb["role_arn"] == "${aws_iam_role.knowledge_base.arn}"
+
+    index = one("resource", "aws_s3vectors_index", "this", KB)
+    assert _resolve_local(index["dimension"], local) == dimensions
+    assert unquote(index["distance_metric"]) == "cosine"
+    assert unquote(index["data_type"]) == "float32"
+    assert index["vector_bucket_name"] == "${aws_s3vectors_vector_bucket.this.vector_bucket_name}"
+    (metadata,) = index["metadata_configuration"]
+    non_filterable = {unquote(k) for k in metadata["non_filterable_metadata_keys"]}
+    assert non_filterable == {"AMAZON_BEDROCK_TEXT", "AMAZON_BEDROCK_METADATA"}
+    assert not {"snapshot_week", "doc_id"} & non_filterable  # retrieval filters on these
+
+    bucket = one("resource", "aws_s3vectors_vector_bucket", "this", KB)
+    (encryption,) = bucket["encryption_configuration"]
+    assert unquote(encryption["sse_type"]) == "aws:kms" and encryption["kms_key_arn"] == "${var.kms_key_arn}"
+    # S3 Vectors' background indexing decrypts with the project key: the key policy allows it,
+    # for this account's <name_prefix>-* vector buckets only.
+    key = one("data", "aws_iam_policy_document", "key", MODULES_DIR / "kms")
+    (indexing,) = [s for s in key["statement"] if unquote(s["sid"]) == "S3VectorsIndexingProjectVectorBuckets"]
+    assert [unquote(a) for a in indexing["actions"]] == ["kms:Decrypt"]
+    assert [unquote(i) for i in indexing["principals"][0]["identifiers"]] == ["indexing.s3vectors.amazonaws.com"]
+    conditions = {unquote(c["variable"]): [unquote(v) for v in c["values"]] for c in indexing["condition"]}
+    assert conditions["aws:SourceAccount"] == ["${var.account_id}"]
+    assert conditions["aws:SourceArn"] == [
+        "arn:${var.partition}:s3vectors:${var.region}:${var.account_id}:bucket/${var.name_prefix}-*"]
+    assert unquote(local["vector_bucket_name"]).startswith("${var.name_prefix}-")
+
+
+def test_data_source_ingests_only_kb_in_fixed_size_chunks_of_300_tokens_with_20_percent_overlap():
+    local = module_locals(KB)
+    source = one("resource", "aws_bedrockagent_data_source", "documents", KB)
+    assert source["knowledge_base_id"] == "${aws_bedrockagent_knowledge_base.this.id}"
+    assert unquote(source["data_deletion_policy"]) == "DELETE"
+    configuration = source["data_source_configuration"][0]
+    assert unquote(configuration["type"]) == "S3"
+    s3 = configuration["s3_configuration"][0]
+    assert s3["bucket_arn"] == "${aws_s3_bucket.documents.arn}"
+    assert [_resolve_local(p, local) for p in s3["inclusion_prefixes"]] == ["kb/"]
+    assert source["server_side_encryption_configuration"][0]["kms_key_arn"] == "${var.kms_key_arn}"
+
+    chunking = source["vector_ingestion_configuration"][0]["chunking_configuration"][0]
+    assert unquote(chunking["chunking_strategy"]) == "FIXED_SIZE"
+    fixed = chunking["fixed_size_chunking_configuration"][0]
+    assert _resolve_local(fixed["max_tokens"], local) == 300
+    assert _resolve_local(fixed["overlap_percentage"], local) == 20
+    # The role's policy exists before the knowledge base and the data source, and outlives them
+    # on destroy (DELETE removes the vectors through it).
+    for resource in (source, one("resource", "aws_bedrockagent_knowledge_base", "this", KB)):
+        assert resource["depends_on"] == ["${aws_iam_role_policy.knowledge_base}"]
+
+
+def test_documents_bucket_follows_the_storage_buckets_pattern():
+    documents = one("resource", "aws_s3_bucket", "documents", KB)
+    assert documents["bucket"] == "${local.documents_bucket}"
+    name = unquote(module_locals(KB)["documents_bucket"])
+    assert all(part in name for part in ("${var.name_prefix}", "${var.account_id}", "${var.region}"))
+    ref = "${aws_s3_bucket.documents.id}"
+
+    pab = one("resource", "aws_s3_bucket_public_access_block", "documents", KB)
+    assert pab["bucket"] == ref
+    assert all(pab[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls",
+                                        "restrict_public_buckets"))
+    versioning = one("resource", "aws_s3_bucket_versioning", "documents", KB)
+    assert unquote(versioning["versioning_configuration"][0]["status"]) == "Enabled"
+    sse = one("resource", "aws_s3_bucket_server_side_encryption_configuration", "documents", KB)
+    default = sse["rule"][0]["apply_server_side_encryption_by_default"][0]
+    assert unquote(default["sse_algorithm"]) == "aws:kms" and default["kms_master_key_id"] == "${var.kms_key_arn}"
+    ownership = one("resource", "aws_s3_bucket_ownership_controls", "documents", KB)
+    assert unquote(ownership["rule"][0]["object_ownership"]) == "BucketOwnerEnforced"
+    logging = one("resource", "aws_s3_bucket_logging", "documents", KB)
+    assert logging["target_bucket"] == "${var.access_logs_bucket}"
+    lifecycle = one("resource", "aws_s3_bucket_lifecycle_configuration", "documents", KB)
+    assert all(rule.get("abort_incomplete_multipart_upload") for rule in lifecycle["rule"])
+    policy = one("resource", "aws_s3_bucket_policy", "documents", KB)
+    assert policy["policy"] == "${data.aws_iam_policy_document.documents.json}"
+    statements = {unquote(s["sid"]): s for s in one("data", "aws_iam_policy_document", "documents", KB)["statement"]}
+    tls = statements["DenyInsecureTransport"]
+    assert unquote(tls["effect"]) == "Deny"
+    condition = tls["condition"][0]
+    assert (unquote(condition["variable"]), [unquote(v) for v in condition["values"]]) == ("aws:SecureTransport", ["false"])
+    assert unquote(statements["DenyTlsOlderThan12"]["condition"][0]["variable"]) == "s3:TlsVersion"
+
+
+def _allow_statements(document: dict) -> dict[str, dict]:
+    return {unquote(s.get("sid", '""')): s for s in document["statement"]
+            if unquote(s.get("effect", '"Allow"')) == "Allow"}
+
+
+def test_knowledge_base_iam_is_scoped_without_wildcards():
+    documents = {name: body for _, name, body in
+                 ((p, n, b) for p, n, b in _policy_documents() if p.parent == KB)}
+    assert set(documents) == {"documents", "bedrock_assume", "knowledge_base", "agent"}
+    for name in ("bedrock_assume", "knowledge_base", "agent"):
+        for sid, statement in _allow_statements(documents[name]).items():
+            actions = [unquote(a) for a in statement["actions"]]
+            assert not any("*" in action for action in actions), (name, sid, actions)
+            resources = statement.get("resources", [])
+            resources = [unquote(r) for r in ([resources] if isinstance(resources, str) else resources)]
+            for resource in resources:
+                assert resource != "*", (name, sid)
+                # Only object keys end in a wildcard (a prefix of the documents bucket).
+                assert "*" not in resource or re.fullmatch(r"\$\{aws_s3_bucket\.documents\.arn\}/[^*]*\*", resource), \
+                    (name, sid, resource)
+
+    # Bedrock assumes the role, for this account's knowledge bases only.
+    (trust,) = documents["bedrock_assume"]["statement"]
+    assert [unquote(i) for i in trust["principals"][0]["identifiers"]] == ["bedrock.amazonaws.com"]
+    conditions = {unquote(c["variable"]): [unquote(v) for v in c["values"]] for c in trust["condition"]}
+    assert conditions["aws:SourceAccount"] == ["${var.account_id}"]
+    assert unquote(module_locals(KB)["knowledge_base_arn_pattern"]).startswith(
+        "arn:${var.partition}:bedrock:${var.region}:${var.account_id}:knowledge-base/")
+
+    role = _allow_statements(documents["knowledge_base"])
+    grants = {sid: ({unquote(a) for a in s["actions"]}, [unquote(r) for r in s["resources"]]) for sid, s in role.items()}
+    assert grants == {
+        "EmbedWithTitanV2": ({"bedrock:InvokeModel"}, ["${local.embedding_model_arn}"]),
+        "ListDocumentsBucket": ({"s3:ListBucket"}, ["${aws_s3_bucket.documents.arn}"]),
+        "ReadDocuments": ({"s3:GetObject"}, ["${aws_s3_bucket.documents.arn}/${local.documents_prefix}*"]),
+        "UseProjectKey": ({"kms:Decrypt", "kms:GenerateDataKey"}, ["${var.kms_key_arn}"]),
+        "ReadWriteVectorIndex": ({"s3vectors:PutVectors", "s3vectors:GetVectors", "s3vectors:DeleteVectors",
+                                  "s3vectors:QueryVectors", "s3vectors:GetIndex"},
+                                 ["${aws_s3vectors_index.this.index_arn}"]),
+    }
+
+    agent = _allow_statements(documents["agent"])
+    grants = {sid: ({unquote(a) for a in s["actions"]}, s["resources"]) for sid, s in agent.items()}
+    kb_arn = ["${aws_bedrockagent_knowledge_base.this.arn}"]
+    assert grants == {
+        "ListDocumentsBucket": ({"s3:ListBucket"}, ["${aws_s3_bucket.documents.arn}"]),
+        "PublishDocuments": ({"s3:PutObject", "s3:GetObject", "s3:DeleteObject"}, ['"${aws_s3_bucket.documents.arn}/*"']),
+        "SyncKnowledgeBase": ({"bedrock:StartIngestionJob", "bedrock:GetIngestionJob", "bedrock:ListIngestionJobs"}, kb_arn),
+        "RetrieveFromKnowledgeBase": ({"bedrock:Retrieve"}, kb_arn),
+        "InvokeAgentModel": ({"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"}, "${local.agent_model_arns}"),
+    }
+    # Attached to the role the application already runs as.
+    attachment = one("resource", "aws_iam_role_policy", "agent", KB)
+    assert attachment["role"] == "${var.task_role_name}"
+    assert attachment["policy"] == "${data.aws_iam_policy_document.agent.json}"
+    compute_outputs = {unquote(k): v for path in COMPUTE.glob("outputs.tf")
+                       for block in parsed(path)["output"] for k, v in block.items()}
+    assert compute_outputs["task_role_name"]["value"] == "${aws_iam_role.task.name}"
+
+
+def test_agent_model_is_one_configurable_claude_model_and_its_arns_have_no_wildcards():
+    variable = variables(TF_DIR)["agent_model_id"]
+    default = unquote(variable["default"])
+    (pattern,) = [s for s in hcl_string_literals(variable["validation"][0]["condition"]) if "claude" in s]
+    for model in (default, "anthropic.claude-3-5-haiku-20241022-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+                  "eu.anthropic.claude-3-7-sonnet-20250219-v1:0"):
+        assert re.fullmatch(pattern, model), model
+    for model in ("*", "anthropic.*", "amazon.titan-text-express-v1", "global.anthropic.claude-haiku-4-5-20251001-v1:0"):
+        assert not re.fullmatch(pattern, model), model
+
+    # The module's replace() strips a geographic profile prefix to find the foundation model.
+    text = (KB / "agent.tf").read_text()
+    (strip,) = re.findall(r'replace\(var\.agent_model_id, "/(.*)/", ""\)', text)
+    strip = hcl_string_literals(f'"{strip}"')[0]
+    assert re.sub(strip, "", "us.anthropic.claude-3-5-haiku-20241022-v1:0") == "anthropic.claude-3-5-haiku-20241022-v1:0"
+    assert re.sub(strip, "", default) == default
+    arns = unquote(module_locals(KB)["agent_model_arns"])
+    assert "foundation-model/${local.agent_foundation_model_id}" in arns
+    assert "inference-profile/${var.agent_model_id}" in arns
+    assert "*" not in arns
+    # An inference profile without its destination regions is refused at plan time.
+    assert "!local.agent_model_is_profile || length(var.agent_model_regions) > 0" in text
+

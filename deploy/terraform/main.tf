@@ -1,6 +1,8 @@
 # Root module. Platform: kms (one project key), storage (buckets), catalog (Glue, Athena),
 # database (Dagster's Postgres). Deployment: compute (ECR, cluster, the code location, webserver
 # and daemon services, the run family, IAM). Export: orchestration (the weekly state machine).
+# Agent: knowledge_base (Bedrock knowledge base on S3 Vectors, its documents bucket, the agent's
+# grants to the task role); left out with knowledge_base = false.
 
 data "aws_caller_identity" "current" {}
 
@@ -44,6 +46,7 @@ module "storage" {
   lake_prefix                   = var.lake_prefix
   athena_results_retention_days = var.athena_results_retention_days
   access_log_retention_days     = var.access_log_retention_days
+  extra_logged_bucket_arns      = var.knowledge_base ? [module.knowledge_base[0].kb_bucket_arn] : []
 }
 
 module "catalog" {
@@ -111,6 +114,28 @@ module "compute" {
   source_uri         = var.source_uri
   source_object_arns = var.source_object_arns
   run_daemon         = var.orchestrator == "dagster"
+
+  knowledge_base    = var.knowledge_base
+  kb_bucket         = var.knowledge_base ? module.knowledge_base[0].kb_bucket : ""
+  kb_id             = var.knowledge_base ? module.knowledge_base[0].knowledge_base_id : ""
+  kb_data_source_id = var.knowledge_base ? module.knowledge_base[0].data_source_id : ""
+  bedrock_model_id  = var.knowledge_base ? var.agent_model_id : ""
+}
+
+module "knowledge_base" {
+  source = "./modules/knowledge_base"
+  count  = var.knowledge_base ? 1 : 0
+
+  name_prefix = var.name_prefix
+  account_id  = local.account_id
+  partition   = local.partition
+  region      = var.aws_region
+  kms_key_arn = module.kms.key_arn
+
+  access_logs_bucket  = module.storage.access_logs_bucket
+  task_role_name      = module.compute.task_role_name
+  agent_model_id      = var.agent_model_id
+  agent_model_regions = var.agent_model_regions
 }
 
 module "orchestration" {

@@ -117,3 +117,18 @@ output "athena_staging" {
 output "kms_key_arn" {
   value = module.kms.key_arn
 }
+
+output "knowledge_base_id" {
+  description = "Bedrock knowledge base id (ENGAGEMENT_KB_ID); null with knowledge_base = false."
+  value       = var.knowledge_base ? module.knowledge_base[0].knowledge_base_id : null
+}
+
+output "data_source_id" {
+  description = "The knowledge base's S3 data source id (ENGAGEMENT_KB_DATA_SOURCE_ID)."
+  value       = var.knowledge_base ? module.knowledge_base[0].data_source_id : null
+}
+
+output "kb_bucket" {
+  description = "Documents bucket (ENGAGEMENT_KB_BUCKET): kb/snapshot_week=YYYY-MM-DD/<doc_id>.md and .md.metadata.json sidecars are ingested; state files go under state/."
+  value       = var.knowledge_base ? module.knowledge_base[0].kb_bucket : null
+}

@@ -171,3 +171,32 @@ variable "orchestrator" {
     error_message = "orchestrator must be \"dagster\" or \"step_functions\"."
   }
 }
+
+variable "knowledge_base" {
+  description = "Deploy the Bedrock knowledge base (documents bucket, S3 Vectors index, knowledge base and data source) and the agent's Bedrock grants; the containers then get ENGAGEMENT_KB_* and ENGAGEMENT_LLM_BACKEND=bedrock. false leaves it all out."
+  type        = bool
+  default     = true
+}
+
+# Claude 3.5 Haiku: fast and cheap for an agent that mostly reads retrieved passages. Its
+# foundation model id is invoked on demand only in some regions (us-west-2); elsewhere use a
+# geographic inference profile (e.g. "us.anthropic.claude-3-5-haiku-20241022-v1:0" or a newer
+# Claude, "eu.anthropic.claude-..." in Europe) and list its destination regions in
+# agent_model_regions. The model must be enabled once per account in the Bedrock console (Anthropic
+# asks for a use case); the task role gets no Marketplace permissions.
+variable "agent_model_id" {
+  description = "Claude model the agent calls (InvokeModel / Converse): a Bedrock foundation model id or a geographic inference profile id. ENGAGEMENT_BEDROCK_MODEL_ID."
+  type        = string
+  default     = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+  validation {
+    condition     = can(regex("^((us|us-gov|eu|apac|jp|au|ca)\\.)?anthropic\\.claude-[a-z0-9.-]+:[0-9]+$", var.agent_model_id))
+    error_message = "agent_model_id: an Anthropic Claude model id on Bedrock (anthropic.claude-...:N), optionally with a geographic inference profile prefix (us., eu., apac., ...)."
+  }
+}
+
+variable "agent_model_regions" {
+  description = "Regions agent_model_id's inference profile routes to (IAM must allow the foundation model in each); empty for a foundation model id (this region)."
+  type        = list(string)
+  default     = []
+}

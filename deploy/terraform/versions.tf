@@ -4,7 +4,8 @@ terraform {
   required_providers {
     aws = {
       source = "hashicorp/aws"
-      # 6.24 adds aws_s3vectors_*; 6.27 adds the Bedrock knowledge base's S3_VECTORS storage (kb/ in the lake).
+      # 6.24 adds aws_s3vectors_*; 6.26 their index encryption and metadata_configuration; 6.27 the
+      # Bedrock knowledge base's S3_VECTORS storage (modules/knowledge_base).
       version = ">= 6.27, < 7.0"
     }
   }

@@ -39,6 +39,10 @@ output "task_role_arn" {
   value = aws_iam_role.task.arn
 }
 
+output "task_role_name" {
+  value = aws_iam_role.task.name
+}
+
 output "execution_role_arn" {
   value = aws_iam_role.execution.arn
 }
@@ -48,7 +52,8 @@ output "log_group_name" {
 }
 
 output "environment" {
-  value = local.environment_map
+  description = "What every container gets (empty values left out, as ECS drops them)."
+  value       = { for item in local.environment : item.name => item.value }
 }
 
 output "tasks_security_group_id" {

@@ -48,7 +48,16 @@ locals {
   # Sorted by name: ECS returns them sorted, so an unsorted list would show a diff on every plan.
   # The weekly customer file, when the runs read one (raw_customers falls back to the generator).
   source_environment = var.source_uri == "" ? {} : { ENGAGEMENT_SOURCE_URI = var.source_uri }
-  all_environment    = merge(local.environment_map, local.source_environment)
+  # The Bedrock knowledge base and the agent's model, when the knowledge_base module is deployed
+  # (its grants to the task role come with it; without it the application keeps its local backend).
+  knowledge_base_environment = !var.knowledge_base ? {} : {
+    ENGAGEMENT_KB_BUCKET         = var.kb_bucket
+    ENGAGEMENT_KB_ID             = var.kb_id
+    ENGAGEMENT_KB_DATA_SOURCE_ID = var.kb_data_source_id
+    ENGAGEMENT_LLM_BACKEND       = "bedrock"
+    ENGAGEMENT_BEDROCK_MODEL_ID  = var.bedrock_model_id
+  }
+  all_environment = merge(local.environment_map, local.source_environment, local.knowledge_base_environment)
   # ECS drops empty values (an empty ENGAGEMENT_LAKE_PREFIX is the default): leave them out, or every
   # plan shows a diff and re-registers the task definitions.
   environment = [for name in sort(keys(local.all_environment)) : { name = name, value = local.all_environment[name] }

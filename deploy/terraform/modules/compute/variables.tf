@@ -182,3 +182,33 @@ variable "run_daemon" {
   type        = bool
   default     = true
 }
+
+variable "knowledge_base" {
+  description = "The knowledge_base module is deployed: set ENGAGEMENT_KB_* and the Bedrock LLM settings on every container."
+  type        = bool
+  default     = false
+}
+
+variable "kb_bucket" {
+  description = "ENGAGEMENT_KB_BUCKET: the knowledge base's documents bucket."
+  type        = string
+  default     = ""
+}
+
+variable "kb_id" {
+  description = "ENGAGEMENT_KB_ID: the Bedrock knowledge base id."
+  type        = string
+  default     = ""
+}
+
+variable "kb_data_source_id" {
+  description = "ENGAGEMENT_KB_DATA_SOURCE_ID: the knowledge base's S3 data source id (StartIngestionJob)."
+  type        = string
+  default     = ""
+}
+
+variable "bedrock_model_id" {
+  description = "ENGAGEMENT_BEDROCK_MODEL_ID: the Claude model (or inference profile) id the agent calls."
+  type        = string
+  default     = ""
+}

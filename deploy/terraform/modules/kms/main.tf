@@ -1,5 +1,5 @@
 # One customer managed key for the project: lake and Athena results objects, Athena results,
-# ECR images, CloudWatch log groups, the SNS topic, the database, its Performance Insights and
+# the knowledge base's documents and vectors, ECR images, CloudWatch log groups, the SNS topic, the database, its Performance Insights and
 # the master user secret. IAM policies of the project's roles grant its use key by key ARN.
 
 resource "aws_kms_key" "this" {
@@ -59,6 +59,39 @@ data "aws_iam_policy_document" "key" {
         "arn:${var.partition}:logs:${var.region}:${var.account_id}:log-group:/aws/vendedlogs/states/${var.name_prefix}-*",
         "arn:${var.partition}:logs:${var.region}:${var.account_id}:log-group:/aws/rds/instance/${var.name_prefix}-*",
       ]
+    }
+  }
+
+  # Resource "*": key policy (this key only). S3 Vectors' indexing service maintains the indexes of
+  # the project's vector buckets (the knowledge base's embeddings) in the background and must
+  # decrypt with the bucket's key; only for this account's <name_prefix>-* vector buckets.
+  statement {
+    sid       = "S3VectorsIndexingProjectVectorBuckets"
+    effect    = "Allow"
+    actions   = ["kms:Decrypt"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["indexing.s3vectors.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [var.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${var.partition}:s3vectors:${var.region}:${var.account_id}:bucket/${var.name_prefix}-*"]
+    }
+
+    condition {
+      test     = "ForAnyValue:StringEquals"
+      variable = "kms:EncryptionContextKeys"
+      values   = ["aws:s3vectors:arn", "aws:s3vectors:resource-id"]
     }
   }
 

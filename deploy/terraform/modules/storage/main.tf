@@ -274,7 +274,8 @@ data "aws_iam_policy_document" "athena_results" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Server access logs of the two buckets above
+# Server access logs of the two buckets above (and of extra_logged_bucket_arns: the knowledge
+# base's documents bucket)
 # ---------------------------------------------------------------------------------------------
 
 resource "aws_s3_bucket" "access_logs" {
@@ -372,7 +373,7 @@ data "aws_iam_policy_document" "access_logs" {
     condition {
       test     = "ArnLike"
       variable = "aws:SourceArn"
-      values   = [aws_s3_bucket.lake.arn, aws_s3_bucket.athena_results.arn]
+      values   = concat([aws_s3_bucket.lake.arn, aws_s3_bucket.athena_results.arn], var.extra_logged_bucket_arns)
     }
   }
 

@@ -36,3 +36,9 @@ variable "lake_noncurrent_version_retention_days" {
   type        = number
   default     = 90
 }
+
+variable "extra_logged_bucket_arns" {
+  description = "Other project buckets whose server access logs go to the access log bucket (the knowledge base's documents bucket)."
+  type        = list(string)
+  default     = []
+}
