@@ -708,7 +708,8 @@ def test_knowledge_base_is_wired_from_the_root_and_can_be_left_out():
     assert call["access_logs_bucket"] == "${module.storage.access_logs_bucket}"
     # The access log bucket admits the documents bucket's log delivery.
     storage = module_calls()["storage"]
-    assert storage["extra_logged_bucket_arns"] == "${var.knowledge_base ? [module.knowledge_base[0].kb_bucket_arn] : []}"
+    assert storage["extra_logged_bucket_arns"] == (
+        "${var.knowledge_base ? [module.knowledge_base[0].kb_bucket_arn] : []}")
     access_logs = one("data", "aws_iam_policy_document", "access_logs", MODULES_DIR / "storage")
     (delivery,) = [s for s in access_logs["statement"] if unquote(s["sid"]) == "S3ServerAccessLogsFromProjectBuckets"]
     source_arn = next(c for c in delivery["condition"] if unquote(c["variable"]) == "aws:SourceArn")
@@ -734,9 +735,8 @@ def test_knowledge_base_is_wired_from_the_root_and_can_be_left_out():
     outputs = {}
     for block_ in parsed(TF_DIR / "outputs.tf")["output"]:
         outputs.update({unquote(k): v for k, v in block_.items()})
-    assert outputs["knowledge_base_id"]["value"] == "${var.knowledge_base ? module.knowledge_base[0].knowledge_base_id : null}"
-    assert outputs["data_source_id"]["value"] == "${var.knowledge_base ? module.knowledge_base[0].data_source_id : null}"
-    assert outputs["kb_bucket"]["value"] == "${var.knowledge_base ? module.knowledge_base[0].kb_bucket : null}"
+    for name in ("knowledge_base_id", "data_source_id", "kb_bucket"):
+        assert outputs[name]["value"] == f"${{var.knowledge_base ? module.knowledge_base[0].{name} : null}}"
 
 
 def test_knowledge_base_embeds_with_titan_v2_1024_into_a_matching_s3_vectors_index():
@@ -839,7 +839,8 @@ def test_documents_bucket_follows_the_storage_buckets_pattern():
     tls = statements["DenyInsecureTransport"]
     assert unquote(tls["effect"]) == "Deny"
     condition = tls["condition"][0]
-    assert (unquote(condition["variable"]), [unquote(v) for v in condition["values"]]) == ("aws:SecureTransport", ["false"])
+    assert (unquote(condition["variable"]), [unquote(v) for v in condition["values"]]) == (
+        "aws:SecureTransport", ["false"])
     assert unquote(statements["DenyTlsOlderThan12"]["condition"][0]["variable"]) == "s3:TlsVersion"
 
 
@@ -873,7 +874,8 @@ def test_knowledge_base_iam_is_scoped_without_wildcards():
         "arn:${var.partition}:bedrock:${var.region}:${var.account_id}:knowledge-base/")
 
     role = _allow_statements(documents["knowledge_base"])
-    grants = {sid: ({unquote(a) for a in s["actions"]}, [unquote(r) for r in s["resources"]]) for sid, s in role.items()}
+    grants = {sid: ({unquote(a) for a in s["actions"]}, [unquote(r) for r in s["resources"]])
+              for sid, s in role.items()}
     assert grants == {
         "EmbedWithTitanV2": ({"bedrock:InvokeModel"}, ["${local.embedding_model_arn}"]),
         "ListDocumentsBucket": ({"s3:ListBucket"}, ["${aws_s3_bucket.documents.arn}"]),
@@ -889,10 +891,13 @@ def test_knowledge_base_iam_is_scoped_without_wildcards():
     kb_arn = ["${aws_bedrockagent_knowledge_base.this.arn}"]
     assert grants == {
         "ListDocumentsBucket": ({"s3:ListBucket"}, ["${aws_s3_bucket.documents.arn}"]),
-        "PublishDocuments": ({"s3:PutObject", "s3:GetObject", "s3:DeleteObject"}, ['"${aws_s3_bucket.documents.arn}/*"']),
-        "SyncKnowledgeBase": ({"bedrock:StartIngestionJob", "bedrock:GetIngestionJob", "bedrock:ListIngestionJobs"}, kb_arn),
+        "PublishDocuments": ({"s3:PutObject", "s3:GetObject", "s3:DeleteObject"},
+                             ['"${aws_s3_bucket.documents.arn}/*"']),
+        "SyncKnowledgeBase": ({"bedrock:StartIngestionJob", "bedrock:GetIngestionJob", "bedrock:ListIngestionJobs"},
+                              kb_arn),
         "RetrieveFromKnowledgeBase": ({"bedrock:Retrieve"}, kb_arn),
-        "InvokeAgentModel": ({"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"}, "${local.agent_model_arns}"),
+        "InvokeAgentModel": ({"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"},
+                             "${local.agent_model_arns}"),
     }
     # Attached to the role the application already runs as.
     attachment = one("resource", "aws_iam_role_policy", "agent", KB)
@@ -910,14 +915,16 @@ def test_agent_model_is_one_configurable_claude_model_and_its_arns_have_no_wildc
     for model in (default, "anthropic.claude-3-5-haiku-20241022-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0",
                   "eu.anthropic.claude-3-7-sonnet-20250219-v1:0"):
         assert re.fullmatch(pattern, model), model
-    for model in ("*", "anthropic.*", "amazon.titan-text-express-v1", "global.anthropic.claude-haiku-4-5-20251001-v1:0"):
+    for model in ("*", "anthropic.*", "amazon.titan-text-express-v1",
+                  "global.anthropic.claude-haiku-4-5-20251001-v1:0"):
         assert not re.fullmatch(pattern, model), model
 
     # The module's replace() strips a geographic profile prefix to find the foundation model.
     text = (KB / "agent.tf").read_text()
     (strip,) = re.findall(r'replace\(var\.agent_model_id, "/(.*)/", ""\)', text)
     strip = hcl_string_literals(f'"{strip}"')[0]
-    assert re.sub(strip, "", "us.anthropic.claude-3-5-haiku-20241022-v1:0") == "anthropic.claude-3-5-haiku-20241022-v1:0"
+    profile = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+    assert re.sub(strip, "", profile) == profile.removeprefix("us.")
     assert re.sub(strip, "", default) == default
     arns = unquote(module_locals(KB)["agent_model_arns"])
     assert "foundation-model/${local.agent_foundation_model_id}" in arns
