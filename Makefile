@@ -12,14 +12,14 @@ MANIFEST := dbt_project/target/manifest.json
 CUSTOMERS ?= 100000
 WEEK ?=
 
-.PHONY: setup run test browser postgres ui bench manifest clean
+.PHONY: setup run test browser postgres ui bench eval-kb manifest clean
 
 setup: $(STAMP) $(MANIFEST)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,kb]'
 	touch $@
 
 # dagster-dbt reads dbt's manifest at import time: build it before anything loads the definitions.
@@ -61,6 +61,12 @@ BENCH_INGEST_ROWS ?= 10000000
 bench: $(STAMP)
 	$(BIN)/python -m engagement_dagster.bench --customers $(BENCH_CUSTOMERS) --repeat $(BENCH_REPEAT) \
 	  --ingest-rows $(BENCH_INGEST_ROWS)
+
+# The knowledge base on its evaluation set (evals/kb_questions.yaml): retrieval recall@5 and MRR by
+# BM25, embeddings and hybrid; figures in the offline answers; latency. Runs the week first if none is there.
+eval-kb: setup
+	test -f $(ENGAGEMENT_LAKE_DIR)/warehouse.duckdb || $(MAKE) run
+	$(BIN)/python -m engagement_dagster.kb.evaluate $(if $(WEEK),--week $(WEEK))
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)

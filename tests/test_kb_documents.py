@@ -293,9 +293,9 @@ def test_mart_analyses_state_the_marts_figures(weeks):
     risk = marts["at_risk"]
     assert risk["customers"] > 0, "a 4,000-customer week has someone at risk"
     figures = {r["figure"]: r["value"] for r in tables["At-risk customers (week of 2026-11-09)"]}
-    assert _same(figures["customers on the list"], risk["customers"])
+    assert _same(figures["customers at risk (on the list)"], risk["customers"])
     assert _same(figures["value at risk (USD)"], risk["value_at_risk_usd"])
-    assert _same(figures["predicted lifetime value (USD)"], risk["predicted_ltv_usd"])
+    assert _same(figures["total predicted lifetime value, LTV (USD)"], risk["predicted_ltv_usd"])
     assert _same(figures["share of all customers"], risk["customers"] / N)
     drivers = _by(tables["Most common churn drivers"], "driver")
     assert set(drivers) == set(marts["at_risk_drivers"])

@@ -2,6 +2,7 @@
 no work for an unchanged week, a rebuild for a changed document, and business questions answered
 from a week of the whole graph on a small snapshot (each question's document in the top 5)."""
 
+import io
 import itertools
 import json
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 
 import dagster as dg
+import numpy as np
 import pytest
 
 from engagement_dagster.assets.kb import KB_INDEX, kb_index
@@ -83,9 +85,11 @@ def test_default_settings_are_300_tokens_with_20_percent_overlap():
         index.ChunkSettings(chunk_tokens=5)
 
 
-def test_the_analyzer_splits_identifiers_and_drops_stop_words():
+def test_the_analyzer_splits_identifiers_drops_stop_words_and_stems():
     assert index.analyze("What does log_weekly_minutes mean for the Segments?") == [
-        "log_weekly_minutes", "log", "weekly", "minut", "mean", "segment"]
+        "log_weekly_minutes", "log", "week", "minut", "mean", "segment"]
+    # Snowball: one stem for a question's word and the document's
+    assert index.analyze("calibrated recommender") == index.analyze("calibration recommendation")
 
 
 def test_the_plain_module_imports_no_dagster():
@@ -139,13 +143,14 @@ def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     _write(lake, [churn, card])
 
     first = index.build_index(lake, WEEK)
-    assert first.status == "rebuilt" and first.documents == 2 and first.backend == index.lexical_backend()
+    expected_backend = index.backend_name(index.default_embedder())
+    assert first.status == "rebuilt" and first.documents == 2 and first.backend == expected_backend
     manifest = json.loads(lake.read_bytes(index.index_manifest_key(WEEK)))
     sha = {d["doc_id"]: d["sha256"] for d in documents.read_manifest(lake, WEEK)["documents"]}
     assert manifest["document_sha256"] == sha
     assert manifest["settings"] == index.ChunkSettings().describe()
     assert manifest["counts"]["chunks"] == first.chunks == sum(d["chunks"] for d in manifest["documents"])
-    assert manifest["backend"].startswith("bm25 (lexical only")
+    assert manifest["backend"] == expected_backend
     files = _index_files(tmp_path)
     assert {f"snapshot_week={WEEK}/chunks.parquet", f"snapshot_week={WEEK}/index_manifest.json",
             f"snapshot_week={WEEK}/bm25/vocab.index.json"} <= set(files)
@@ -173,6 +178,63 @@ def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     smaller = index.build_index(lake, WEEK, index.ChunkSettings(chunk_tokens=50, overlap=0.1))
     assert smaller.status == "rebuilt" and smaller.chunks > changed.chunks
     assert index.read_index_manifest(lake, WEEK)["settings"]["overlap_tokens"] == 5
+
+
+needs_kb_extra = pytest.mark.skipif(index.default_embedder() is None,
+                                    reason="the [kb] extra (sentence-transformers, the bundled model) is missing")
+
+
+@needs_kb_extra
+def test_with_the_kb_extra_chunks_are_embedded_once_and_search_is_hybrid(tmp_path):
+    lake = CountingLake(tmp_path)
+    _write(lake, [_doc("churn_by_segment", "Churn by segment", BODY),
+                  _doc("model_card_churn_model", "Model card: churn_model",
+                       "# Model card: churn_model\n\nAUC 0.87, calibrated by isotonic regression: ECE 0.02.\n")])
+    embedder = index.default_embedder()
+    before = embedder.calls
+    built = index.build_index(lake, WEEK)
+    assert embedder.calls - before == built.chunks  # one embedding per chunk
+    manifest = index.read_index_manifest(lake, WEEK)
+    assert manifest["embedding_model"] == embedder.name and built.backend.startswith(index.BACKEND_HYBRID)
+    matrix = np.load(io.BytesIO(lake.read_bytes(index.index_prefix(WEEK) + index.EMBEDDINGS_FILE)))
+    assert matrix.shape == (built.chunks, 384) and matrix.dtype == np.float32
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-4)
+
+    again = index.build_index(lake, WEEK)  # the same week: no embedding computed, nothing written
+    assert again.status == "unchanged" and embedder.calls - before == built.chunks
+
+    question = "how well calibrated are the churn model's probabilities"
+    for mode in ("hybrid", "dense", "lexical"):
+        hits = index.search(lake, WEEK, question, k=3, mode=mode)
+        assert hits[0].doc_id == "model_card_churn_model", mode
+    # the question's words are not in the text: only the embeddings find it
+    assert index.search(lake, WEEK, "how trustworthy are the forecasts", k=1, mode="lexical") == []
+    assert index.search(lake, WEEK, "how trustworthy are the forecasts", k=1, mode="dense")[0].doc_id
+
+
+def test_without_embeddings_the_index_is_lexical_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGAGEMENT_KB_EMBEDDINGS", "off")
+    lake = LocalLake(root=str(tmp_path))
+    _write(lake, [_doc("churn_by_segment", "Churn by segment", BODY)])
+    built = index.build_index(lake, WEEK)
+    assert built.backend.startswith("bm25 (lexical only") and index.EMBEDDINGS_FILE not in built.manifest["files"]
+    assert built.manifest["embedding_model"] is None
+    assert index.search(lake, WEEK, "value at risk")[0].doc_id == "churn_by_segment"
+    with pytest.raises(ValueError, match="mode='lexical'"):
+        index.search(lake, WEEK, "value at risk", mode="hybrid")
+    if index.embeddings.extra_installed():  # switched back on: the backend changed, so the week is re-indexed
+        monkeypatch.setenv("ENGAGEMENT_KB_EMBEDDINGS", "auto")
+        assert index.build_index(lake, WEEK).status == "rebuilt"
+        assert index.EMBEDDINGS_FILE in index.read_index_manifest(lake, WEEK)["files"]
+
+
+def test_reciprocal_rank_fusion_rewards_agreement():
+    bm25 = [(0, 9.0), (1, 5.0), (3, 1.0)]
+    cosine = [(1, 0.9), (2, 0.8), (0, 0.1), (3, 0.0)]
+    fused = index._fuse(bm25, cosine)
+    # 1 is 2nd and 1st, 0 is 1st and 3rd; 3, last in both, still beats 2, found by one ranking only
+    assert [row for row, _ in fused] == [1, 0, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / (index.RRF_K + 2) + 1 / (index.RRF_K + 1))
 
 
 def test_a_week_without_an_index_is_refused_by_name(tmp_path):
@@ -230,7 +292,8 @@ def test_the_asset_indexes_the_week_and_does_no_work_the_second_time(week):
                                                                                             "kb_documents"])}
     meta = _metadata(first)
     manifest = index.read_index_manifest(lake, WEEK)
-    assert meta["status"] == "rebuilt" and meta["backend"] == manifest["backend"] == index.lexical_backend()
+    assert meta["status"] == "rebuilt"
+    assert meta["backend"] == manifest["backend"] == index.backend_name(index.default_embedder())
     assert meta["documents"] == len(documents.read_manifest(lake, WEEK)["documents"]) == 14
     assert meta["chunks"] == manifest["counts"]["chunks"] > meta["documents"]
     assert (meta["tokens_per_chunk"], meta["overlap_tokens"]) == (300, 60)

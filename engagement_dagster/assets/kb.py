@@ -1,15 +1,20 @@
 """`knowledge_base` stage: the week's markdown documents (model cards, feature importance, segments,
 at-risk and high-engagement analyses, week-over-week changes, data dictionary), generated from the
 registry, the dbt marts and the dbt manifest by the plain `engagement_dagster.kb.documents`; and
-their search index (chunks + BM25), built by the plain `engagement_dagster.kb.index`."""
+their search index (chunks, BM25 and, with the [kb] extra, sentence embeddings), built by the plain
+`engagement_dagster.kb.index`. On AWS with a knowledge base configured (ENGAGEMENT_KB_ID), the week
+is also published to Bedrock (`engagement_dagster.kb.bedrock`)."""
+
+import os
 
 import dagster as dg
 from pydantic import Field
 
+from engagement_dagster import settings
 from engagement_dagster.assets.models import MODEL_INPUT_KEY, MODEL_KEYS
 from engagement_dagster.assets.scoring import CUSTOMER_PREDICTIONS
 from engagement_dagster.dbt_project import engagement_dbt
-from engagement_dagster.kb import documents, index
+from engagement_dagster.kb import bedrock, documents, index
 from engagement_dagster.lake import Lake
 from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.warehouse import AthenaWarehouse, DuckDBWarehouse, Warehouse
@@ -68,25 +73,37 @@ class KbIndexConfig(dg.Config):
     group_name="knowledge_base",
     partitions_def=weekly_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
-    kinds={"python", "bm25"},
-    description="The week's documents cut into overlapping chunks (default 300 tokens, 20% overlap) and ranked by "
-                "BM25, under kb/index/snapshot_week=…/ (chunks.parquet, the bm25s files, index_manifest.json with "
-                "each document's sha256). Lexical only until the [kb] extra's embeddings are wired; a week whose "
-                "documents and settings are unchanged is not re-indexed.",
+    kinds={"python", "bm25", "bedrock"},
+    description="The week's documents cut into overlapping chunks (default 300 tokens, 20% overlap), ranked by BM25 "
+                "and, with the [kb] extra, by all-MiniLM-L6-v2 embeddings fused with BM25 (hybrid), under "
+                "kb/index/snapshot_week=…/ (chunks.parquet, the bm25s files, embeddings.npy, index_manifest.json "
+                "with each document's sha256). Without the extra: lexical only, said in the metadata. On AWS with "
+                "ENGAGEMENT_KB_ID set, the documents are also uploaded to the Bedrock knowledge base and ingested. "
+                "A week whose documents and settings are unchanged does no work.",
 )
 def kb_index(context: dg.AssetExecutionContext, config: KbIndexConfig, lake: Lake) -> dg.MaterializeResult:
     week = context.partition_key
-    settings = index.ChunkSettings(chunk_tokens=config.chunk_tokens, overlap=config.overlap)
-    built = index.build_index(lake, week, settings)
+    chunking = index.ChunkSettings(chunk_tokens=config.chunk_tokens, overlap=config.overlap)
+    built = index.build_index(lake, week, chunking)
     context.log.info(f"kb_index {week}: {built.status} ({built.chunks} chunks from {built.documents} documents, "
                      f"{built.seconds:.2f} s)")
+    published = {}
+    if settings.environment() == "aws" and os.environ.get("ENGAGEMENT_KB_ID"):
+        result = bedrock.publish_week(lake, week, bedrock.target_from_settings())  # raises on a failed job
+        context.log.info(f"Bedrock knowledge base {week}: {result.status} ({result.uploaded} uploaded, job "
+                         f"{result.ingestion_job_id or '–'})")
+        published = {"bedrock_status": result.status, "bedrock_ingestion_job": result.ingestion_job_id or "–",
+                     "bedrock_uploaded": result.uploaded,
+                     "bedrock_statistics": dg.MetadataValue.json(result.statistics or {})}
     return dg.MaterializeResult(metadata={
+        **published,
         "status": built.status,
         "backend": built.backend,
         "documents": built.documents,
         "chunks": built.chunks,
-        "tokens_per_chunk": settings.chunk_tokens,
-        "overlap_tokens": settings.overlap_tokens,
+        "embedding_model": built.manifest.get("embedding_model") or "none (lexical only)",
+        "tokens_per_chunk": chunking.chunk_tokens,
+        "overlap_tokens": chunking.overlap_tokens,
         "index_build_seconds": round(built.seconds, 3),
         "path": dg.MetadataValue.path(lake.uri(index.index_prefix(week))),
     })

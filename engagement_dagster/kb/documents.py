@@ -41,6 +41,25 @@ MODELS: dict[str, str] = {
     "segment_model": "silhouette",
     "anomaly_model": "flagged_share",
 }
+# What each model predicts, in a reader's words: in each card's title, so a question about "the lifetime
+# value model" finds ltv_model's card.
+SUBJECT = {
+    "engagement_model": "engagement score prediction",
+    "churn_model": "30-day churn risk prediction",
+    "ltv_model": "customer lifetime value (LTV) prediction",
+    "content_recommender": "content category recommendation",
+    "segment_model": "customer segmentation",
+    "anomaly_model": "anomaly detection (unusual customers)",
+}
+# A model card's summary line on its primary metric, in the words a reader asks with.
+QUALITY = {
+    "engagement_model": "How accurate the engagement score prediction is",
+    "churn_model": "How accurate the 30-day churn risk prediction is",
+    "ltv_model": "How good (accurate) the customer lifetime value (LTV) prediction is",
+    "content_recommender": "How well the content category recommender does",
+    "segment_model": "How well separated the customer segments are",
+    "anomaly_model": "What share of customers the anomaly detection model flags",
+}
 HIGHER_IS_BETTER = {"rmse": False, "auc": True, "mae": False, "top3_accuracy": True, "silhouette": True}
 # What a mean |SHAP| value is measured in: each booster's margin.
 SHAP_SCALE = {
@@ -469,10 +488,38 @@ def _serving_text(result: ModelResult) -> str:
     return f"No version was trained for this week; the predictions used {result.serving_version} ({where})."
 
 
+def _summary(name: str, primary: str, rep: Mapping[str, Any], reported: RegisteredVersion) -> list[str]:
+    """The card's answers in plain words (how accurate, how calibrated, how fair, what matters most),
+    each figure formatted exactly as in the tables below."""
+    test, baseline, ceiling = rep.get("test", {}), rep.get("baseline", {}), rep.get("oracle_ceiling") or {}
+    out = ["## Summary", ""]
+    if primary in test:
+        direction = {True: "higher is better", False: "lower is better"}.get(HIGHER_IS_BETTER.get(primary),
+                                                                            "near the target rate is better")
+        out.append(f"{QUALITY[name]}: test {primary} {_f4(test[primary])} ({direction}), against "
+                   f"{_f4(baseline.get(primary))} for the naive baseline and {_f4(ceiling.get(primary))} for the "
+                   f"oracle ceiling, on {_count(rep.get('rows', {}).get('test'))} test rows.")
+    if name == "churn_model" and "ece" in test:
+        out.append(f"How well calibrated the churn probabilities are: expected calibration error (ECE) "
+                   f"{_f4(test['ece'])} and Brier score "
+                   f"{_f4(test.get('brier'))} on the test split (isotonic calibration).")
+    if rep.get("fairness"):
+        worst = max(rep["fairness"], key=lambda k: rep["fairness"][k])
+        out.append(f"How fair: the largest fairness gap across gender and age bands is {worst} "
+                   f"{_f4(rep['fairness'][worst])}.")
+    if rep.get("importance_mean_abs_shap"):
+        top = list(rep["importance_mean_abs_shap"])[:3]
+        out.append(f"Top features of the {SUBJECT[name]} (what drives it most, by mean |SHAP|): {', '.join(top)}.")
+    if reported.gate:
+        out.append(f"Promotion decision: {reported.gate}.")
+    return [*out, ""] if len(out) > 2 else []
+
+
 def model_card(result: ModelResult, week: str, versions: Mapping[str, str]) -> Document:
     name, reported = result.name, result.reported
     primary = MODELS[name]
-    lines = [f"# Model card: {name} (week of {week})", ""]
+    title = f"Model card: {name}, {SUBJECT[name]} (week of {week})"
+    lines = [f"# {title}", ""]
     sources = []
     if reported is None:
         lines += ["No version of this model is registered.", "", _serving_text(result)]
@@ -481,7 +528,9 @@ def model_card(result: ModelResult, week: str, versions: Mapping[str, str]) -> D
         sources.append(f"lake:{reported.key}")
         if result.serving is not None and result.serving is not reported:
             sources.append(f"lake:{result.serving.key}")
-        lines += [rep.get("description", ""), "", "## Versions", ""]
+        lines += [rep.get("description", ""), ""]
+        lines += _summary(name, primary, rep, reported)
+        lines += ["## Versions", ""]
         lines += _table(["role", "version", "trained for week"], [
             ("reported on this card" + (" (trained for this week)" if result.trained else " (serving; not retrained)"),
              reported.version, reported.week or "–"),
@@ -544,7 +593,7 @@ def model_card(result: ModelResult, week: str, versions: Mapping[str, str]) -> D
             lines += ["", "Silhouette by k (train sample): "
                       + ", ".join(f"k={k} {_f4(v)}" for k, v in rep["fit"]["silhouette_by_k"].items()) + "."]
     return _document(
-        f"model_card_{name}", f"Model card: {name} (week of {week})", "model_card", week, versions,
+        f"model_card_{name}", title, "model_card", week, versions,
         [f"models/{name}", PREDICTIONS_ASSET, "scoring/predictions_final"], sources, lines,
         model=name, reported_version=reported.version if reported else None,
         reported_week=reported.week if reported else None, serving_version=result.serving_version,
@@ -671,12 +720,12 @@ def at_risk_analysis(marts: MartResults, week: str, versions: Mapping[str, str])
         lines += [f"No customer is on the at-risk list this week: {why}."]
     else:
         lines += _table(["figure", "value"], [
-            ("customers on the list", _count(risk["customers"])),
+            ("customers at risk (on the list)", _count(risk["customers"])),
             ("share of all customers", _pct(_share(risk["customers"], total.get("customers")))),
             ("mean churn probability", _f4(risk["mean_churn_probability"])),
             ("lowest churn probability on the list", _f4(risk["min_churn_probability"])),
             ("lowest predicted LTV on the list (USD)", _usd(risk["min_predicted_ltv_usd"])),
-            ("predicted lifetime value (USD)", _usd(risk["predicted_ltv_usd"])),
+            ("total predicted lifetime value, LTV (USD)", _usd(risk["predicted_ltv_usd"])),
             ("value at risk (USD)", _usd(risk["value_at_risk_usd"])),
             ("share of the week's value at risk",
              _pct(_share(risk["value_at_risk_usd"], total.get("total_value_at_risk_usd")))),
@@ -789,6 +838,11 @@ def weekly_summary(marts: MartResults, models: Mapping[str, ModelResult], week: 
     figures = week_figures(marts, models)["headline"]
     lines = [f"# Weekly prediction summary (week of {week})", "",
              "The week's headline figures from the weekly_prediction_summary and at_risk_customers marts.", ""]
+    shown = {key: _FORMAT[kind](figures.get(key)) for key, (_, kind) in HEADLINE.items()}
+    lines += [(f"This week {shown['customers']} customers were scored: mean predicted engagement "
+               f"{shown['mean_predicted_engagement']}, mean churn probability {shown['mean_churn_probability']}, "
+               f"{shown['at_risk_customers']} customers on the at-risk list, {shown['high_engagement_customers']} "
+               f"high-engagement customers, {shown['anomaly_share']} flagged as anomalies."), ""]
     lines += _table(["figure", "value"], [(label, _FORMAT[kind](figures.get(key)))
                                           for key, (label, kind) in HEADLINE.items()])
     lines += ["", "## Model versions that scored the week", ""]
