@@ -13,15 +13,18 @@ import re
 import resource
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import dagster as dg
-
-from engagement_dagster.partitions import weekly_partitions
 from engagement_dagster.settings import PROJECT_ROOT, environment, warehouse_path, where_things_are
+
+if TYPE_CHECKING:  # Dagster is imported where a command needs it: `ask` runs without it
+    import dagster as dg
 
 
 def step_seconds(result: dg.ExecuteInProcessResult) -> dict[str, float]:
     """Wall seconds of each step (ingest, dbt features, training, scoring, dbt scoring)."""
+    import dagster as dg
+
     starts, seconds = {}, {}
     for entry in dg.DagsterInstance.get().all_logs(result.run_id):
         event = entry.dagster_event
@@ -35,7 +38,10 @@ def step_seconds(result: dg.ExecuteInProcessResult) -> dict[str, float]:
 
 
 def run(week: str | None, n_customers: int, source: str | None, seed: int, timings_json: str | None = None) -> int:
+    import dagster as dg
+
     from engagement_dagster.definitions import defs  # imported here: dagster-dbt, xgboost take seconds
+    from engagement_dagster.partitions import weekly_partitions
 
     # Runs land in the instance `make ui` opens, whether or not DAGSTER_HOME was set.
     home = os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
@@ -66,6 +72,8 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
 
 
 def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps: dict[str, float]) -> str:
+    import dagster as dg
+
     from engagement_dagster.training import MODEL_KINDS
     materialized = result.get_asset_materialization_events()
     checks = result.get_asset_check_evaluations()
@@ -158,11 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--source", help="CSV/Parquet path or URI instead of the synthetic generator")
     run_parser.add_argument("--seed", type=int, default=42)
     run_parser.add_argument("--timings-json", help="write step timings to this file (used by `make bench`)")
+    sub.add_parser("ask", add_help=False, help="ask the week's knowledge base a question (offline by default)")
     sub.add_parser("export-sfn", add_help=False,
                    help="write today's graph as a Step Functions state machine + weekly rule (deploy/step_functions/)")
     args, rest = parser.parse_known_args(argv)
+    if args.command == "ask":
+        from engagement_dagster.kb.ask import ask_main
+
+        return ask_main(rest)
     if args.command == "export-sfn":
         import warnings
+
+        import dagster as dg
 
         for category in (dg.BetaWarning, dg.PreviewWarning):  # Dagster's own API notes, not the user's business
             warnings.filterwarnings("ignore", category=category)

@@ -88,3 +88,40 @@ def aws_endpoint(moto_server, monkeypatch):
                         "AWS_ENDPOINT_URL": moto_server}.items():
         monkeypatch.setenv(name, value)
     return moto_server
+
+
+KB_WEEKS = ("2026-11-09", "2026-11-16")
+KB_CUSTOMERS = 3_000
+
+
+@pytest.fixture(scope="session")
+def kb_weeks(tmp_path_factory):
+    """Two consecutive weeks of the whole graph (3,000 customers), knowledge base included, in their
+    own lake; then the second week's kb_index materialized again. Yields (root, lake, the second
+    week's result, the re-materialization's result, the index files before it)."""
+    import dagster as dg
+
+    from engagement_dagster.assets.kb import kb_index
+    from engagement_dagster.definitions import defs
+    from engagement_dagster.resources import build_resources
+
+    root = tmp_path_factory.mktemp("kb_lake")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ENGAGEMENT_LAKE_DIR", str(root))
+        patch.setenv("ENGAGEMENT_ENV", "local")
+        resources = build_resources("local")
+        for week in KB_WEEKS:
+            result = dg.materialize(
+                defs.assets, partition_key=week, resources=resources, raise_on_error=False,
+                run_config={"ops": {"ingest__raw_customers": {"config": {"n_customers": KB_CUSTOMERS}}}})
+            assert result.success
+        files = index_files(root)
+        again = dg.materialize([kb_index], partition_key=KB_WEEKS[-1], resources=resources)
+        yield root, LocalLake(root=str(root)), result, again, files
+
+
+def index_files(root) -> dict[str, tuple[bytes, int, int]]:
+    """Every file of the knowledge-base index under a lake root: bytes, mtime and inode."""
+    base = root / "kb" / "index"
+    return {str(p.relative_to(base)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino)
+            for p in sorted(base.rglob("*")) if p.is_file()}

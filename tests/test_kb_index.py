@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 
 from engagement_dagster.assets.kb import KB_INDEX, kb_index
-from engagement_dagster.definitions import defs
 from engagement_dagster.kb import documents, index
 from engagement_dagster.lake import LocalLake
-from engagement_dagster.resources import build_resources
+from tests.conftest import KB_WEEKS, index_files
 
-WEEK0, WEEK = "2026-11-09", "2026-11-16"
-N = 3_000
+WEEK0, WEEK = KB_WEEKS
 
 BODY = """# Churn by segment (week of 2026-11-09)
 
@@ -129,12 +127,6 @@ def _write(lake, docs) -> None:
     documents.write_week(lake, documents.KnowledgeBaseWeek(WEEK, docs, {}, {}, None))
 
 
-def _index_files(root) -> dict[str, tuple[bytes, int, int]]:
-    base = root / "kb" / "index"
-    return {str(p.relative_to(base)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino)
-            for p in sorted(base.rglob("*")) if p.is_file()}
-
-
 def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     lake = CountingLake(tmp_path)
     churn = _doc("churn_by_segment", "Churn by segment", BODY)
@@ -151,7 +143,7 @@ def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     assert manifest["settings"] == index.ChunkSettings().describe()
     assert manifest["counts"]["chunks"] == first.chunks == sum(d["chunks"] for d in manifest["documents"])
     assert manifest["backend"] == expected_backend
-    files = _index_files(tmp_path)
+    files = index_files(tmp_path)
     assert {f"snapshot_week={WEEK}/chunks.parquet", f"snapshot_week={WEEK}/index_manifest.json",
             f"snapshot_week={WEEK}/bm25/vocab.index.json"} <= set(files)
     assert index.search(lake, WEEK, "how calibrated is the churn model")[0].doc_id == "model_card_churn_model"
@@ -160,7 +152,7 @@ def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     again = index.build_index(lake, WEEK)
     assert again.status == "unchanged" and again.chunks == first.chunks
     assert lake.writes == [] and lake.deletes == []
-    assert _index_files(tmp_path) == files  # same bytes, same mtimes, same files
+    assert index_files(tmp_path) == files  # same bytes, same mtimes, same files
 
     # the same documents regenerated (same bytes): still nothing to do
     _write(lake, [churn, card])
@@ -262,22 +254,10 @@ QUESTIONS = {
 
 
 @pytest.fixture(scope="module")
-def week(tmp_path_factory):
+def week(kb_weeks):
     """Two weeks of the whole graph and their indexes (the second week's documents say what changed),
-    then the second week's index materialized again."""
-    root = tmp_path_factory.mktemp("kb_index_lake")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ENGAGEMENT_LAKE_DIR", str(root))
-        patch.setenv("ENGAGEMENT_ENV", "local")
-        resources = build_resources("local")
-        for week in (WEEK0, WEEK):
-            result = dg.materialize(
-                [*defs.assets, kb_index], partition_key=week, resources=resources, raise_on_error=False,
-                run_config={"ops": {"ingest__raw_customers": {"config": {"n_customers": N}}}})
-            assert result.success
-        files = _index_files(root)
-        again = dg.materialize([kb_index], partition_key=WEEK, resources=resources)
-        yield root, LocalLake(root=str(root)), result, again, files
+    then the second week's index materialized again (tests/conftest.py)."""
+    return kb_weeks
 
 
 def _metadata(result) -> dict:
@@ -300,7 +280,7 @@ def test_the_asset_indexes_the_week_and_does_no_work_the_second_time(week):
     assert meta["index_build_seconds"] > 0
     assert meta["path"] == str(root / "kb" / "index" / f"snapshot_week={WEEK}")
     assert _metadata(again)["status"] == "unchanged"
-    assert _index_files(root) == files
+    assert index_files(root) == files
 
 
 def test_business_questions_find_their_document_in_the_top_5(week):

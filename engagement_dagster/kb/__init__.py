@@ -1,7 +1,16 @@
-"""The knowledge base: markdown documents generated each week from the week's real results.
+"""The knowledge base and its Q&A agent. Plain Python (no Dagster); the two Dagster assets that
+write it (`knowledge_base/kb_documents`, `knowledge_base/kb_index`) live in `engagement_dagster.assets.kb`.
 
-Plain Python (no Dagster), so the agent and the API can read it; the Dagster asset that writes it
-lives in `engagement_dagster.assets.kb`.
+    documents   the week's markdown documents from the registry, the marts and the dbt manifest
+    index       chunks, BM25 and (with the [kb] extra) embeddings; hybrid search
+    embeddings  the [kb] extra's sentence-embedding model (all-MiniLM-L6-v2, offline)
+    bedrock     the same documents published to a Bedrock knowledge base on AWS; its retrieval
+    agent       questions → retrieval → tools → a cited answer (offline, or a language model)
+    tools       the agent's tools: read-only SQL, customer details, a prediction's explanation
+    sql_tool    the SQL tool's guard (sqlglot) and executor
+    llm         chat backends with tool use: Bedrock Converse, OpenAI-compatible
+    ask         the `engagement-dagster ask` command
+    evaluate    `make eval-kb`: the evaluation set (evals/kb_questions.yaml) scored
 """
 
 from engagement_dagster.kb.documents import (

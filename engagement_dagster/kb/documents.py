@@ -620,7 +620,7 @@ def feature_importance(models: Mapping[str, ModelResult], week: str, versions: M
         (f, min(ranks[f].values()),
          *(_g4(r.report["importance_mean_abs_shap"].get(f)) for r in with_importance.values())) for f in order])
     lines += ["", "## Five most important features per model", ""]
-    lines += [f"- {n}: " + ", ".join(list(r.report["importance_mean_abs_shap"])[:5])
+    lines += [f"- What drives the {SUBJECT[n]} ({n}) most: " + ", ".join(list(r.report["importance_mean_abs_shap"])[:5])
               for n, r in with_importance.items()]
     shared = [f for f in order if len(ranks[f]) == len(with_importance) and len(with_importance) > 1]
     if shared:

@@ -461,6 +461,7 @@ def load_index(lake: LakeLike, week: str) -> _LoadedIndex:
 
 
 MODES = ("auto", "hybrid", "lexical", "dense")
+MAX_PER_DOC = 2
 
 
 def _bm25_ranking(index: _LoadedIndex, question: str) -> list[tuple[int, float]]:
@@ -488,13 +489,28 @@ def _fuse(*rankings: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
+def _diverse(ranking: list[tuple[int, float]], chunks: list[dict], per_doc: int | None) -> list[tuple[int, float]]:
+    """The ranking with at most ``per_doc`` chunks of any one document (the rest keep their order after)."""
+    if not per_doc:
+        return ranking
+    seen: dict[str, int] = {}
+    first, rest = [], []
+    for row, score in ranking:
+        doc = chunks[row]["doc_id"]
+        seen[doc] = seen.get(doc, 0) + 1
+        (first if seen[doc] <= per_doc else rest).append((row, score))
+    return first + rest
+
+
 def search(lake: LakeLike, week: str, question: str, k: int = 5, mode: str = "auto",
-           embedder: Embedder | object | None = _DEFAULT) -> SearchResults:
+           embedder: Embedder | object | None = _DEFAULT, per_doc: int | None = MAX_PER_DOC) -> SearchResults:
     """The ``k`` chunks of the week's documents that best answer ``question``, best first.
 
     ``mode``: "auto" (hybrid when the week was indexed with embeddings and the model is here, else
     BM25), or "hybrid", "lexical", "dense" to compare them. Scores are the ranking's own (BM25,
-    cosine, or the fused reciprocal ranks), comparable within one result only."""
+    cosine, or the fused reciprocal ranks), comparable within one result only. At most ``per_doc``
+    chunks of one document come before any other document's (the data dictionary, many chunks long,
+    would otherwise crowd the others out); None turns that off."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     started = time.perf_counter()
@@ -513,7 +529,7 @@ def search(lake: LakeLike, week: str, question: str, k: int = 5, mode: str = "au
     else:
         ranking = _fuse(_bm25_ranking(index, question), _dense_ranking(index, question, embedder))
     passages = []
-    for row, score in ranking[:max(k, 0)]:
+    for row, score in _diverse(ranking, index.chunks, per_doc)[:max(k, 0)]:
         c = index.chunks[row]
         passages.append(Passage(doc_id=c["doc_id"], chunk_id=c["chunk_id"], text=c["text"], score=score,
                                 title=c["title"]))
