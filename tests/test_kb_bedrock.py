@@ -325,3 +325,43 @@ def test_retrieve_errors(runtime):
         retrieve(target, WEEK, "anything", client=client)
     with pytest.raises(ValueError, match="between 1 and 100"):
         retrieve(target, WEEK, "anything", k=101, client=client)
+
+
+# --- the kb_index asset on AWS: the week published to the knowledge base, visible in its metadata
+
+
+def test_the_kb_index_asset_publishes_the_week_to_bedrock_on_aws(aws_endpoint, monkeypatch):
+    import functools
+
+    import dagster as dg
+
+    from engagement_dagster.assets import kb as kb_assets
+    from engagement_dagster.kb import bedrock
+    from engagement_dagster.lake import S3Lake
+
+    s3 = boto3.client("s3", endpoint_url=aws_endpoint)
+    lake_bucket, kb_bucket = f"lake-{uuid.uuid4().hex[:12]}", f"kb-{uuid.uuid4().hex[:12]}"
+    for name in (lake_bucket, kb_bucket):
+        s3.create_bucket(Bucket=name)
+    lake = S3Lake(bucket=lake_bucket, prefix="engagement")
+    _write(lake, DOCS)
+    for name, value in {"ENGAGEMENT_ENV": "aws", "ENGAGEMENT_KB_BUCKET": kb_bucket, "ENGAGEMENT_KB_ID": KB_ID,
+                        "ENGAGEMENT_KB_DATA_SOURCE_ID": DS_ID, "ENGAGEMENT_KB_EMBEDDINGS": "off"}.items():
+        monkeypatch.setenv(name, value)
+    agent = Agent()
+    agent.job("JOB0000009", ["STARTING", "COMPLETE"])
+    # The asset calls publish_week(lake, week, target): hand it the stubbed Bedrock client, no real waiting.
+    monkeypatch.setattr(kb_assets.bedrock, "publish_week", functools.partial(
+        bedrock.publish_week, agent=agent.client, sleep=lambda _: None))
+
+    result = dg.materialize([kb_assets.kb_index], partition_key=WEEK, resources={"lake": lake})
+    agent.stub.assert_no_pending_responses()
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == kb_assets.KB_INDEX)
+    meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+    assert (meta["bedrock_status"], meta["bedrock_ingestion_job"], meta["bedrock_uploaded"]) == (
+        "ingested", "JOB0000009", 3)
+    assert meta["backend"].startswith("bm25 (lexical only") and meta["embedding_model"] == "none (lexical only)"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=kb_bucket)["Contents"]}
+    assert f"{PREFIX}weekly_summary.md" in keys and f"{STATE}_published.json" in keys
+    # the local (lexical) index is in the lake too: the offline answerer works on AWS without Bedrock
+    assert lake.exists(f"kb/index/snapshot_week={WEEK}/index_manifest.json")
