@@ -34,6 +34,8 @@ STAGES = {
     "train_models": "train six models + gate",
     "scoring__customer_predictions": "score + drivers + shards",
     "dbt_scoring": "dbt marts (+ tests)",
+    "knowledge_base__kb_documents": "knowledge-base documents",
+    "knowledge_base__kb_index": "knowledge-base index (chunks, BM25, embeddings)",
 }
 
 

@@ -103,6 +103,14 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
         model_lines.append(
             f"    {name:<22} {metric} {meta[f'test_{metric}']:.4g} (baseline {meta[f'baseline_{metric}']:.4g}"
             + (f", oracle ceiling {oracle:.4g}" if oracle is not None else "") + ")  " + verdict)
+    kb_lines = []
+    for event in materialized:
+        mat = event.event_specific_data.materialization
+        if mat.asset_key.to_user_string() == "knowledge_base/kb_index":
+            meta = {k: v.value for k, v in mat.metadata.items()}
+            kb_lines = [(f"  knowledge base: {meta['documents']} documents, {meta['chunks']} chunks "
+                         f"({meta['status']}; {meta['backend']})"),
+                        '  ask:       .venv/bin/engagement-dagster ask "Which segments have the highest churn risk?"']
     lines = [
         (f"weekly refresh for snapshot week {week} ({environment()}): "
          f"{'succeeded' if result.success else 'FAILED'} in {elapsed:.1f} s"),
@@ -117,6 +125,7 @@ def summary(result: dg.ExecuteInProcessResult, week: str, elapsed: float, steps:
                   f"{c.asset_key.to_user_string()}:{c.check_name}"
                   + (f": {c.description}" if c.description else "") for c in failed),
         *_refusals(result),
+        *kb_lines,
         *(f"  {name + ':':<10} {where}" for name, where in where_things_are().items()),
         "  UI:        make ui  → http://127.0.0.1:3000 (lineage, runs, checks)",
     ]

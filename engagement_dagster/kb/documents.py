@@ -845,7 +845,7 @@ def weekly_summary(marts: MartResults, models: Mapping[str, ModelResult], week: 
                f"high-engagement customers, {shown['anomaly_share']} flagged as anomalies."), ""]
     lines += _table(["figure", "value"], [(label, _FORMAT[kind](figures.get(key)))
                                           for key, (label, kind) in HEADLINE.items()])
-    lines += ["", "## Model versions that scored the week", ""]
+    lines += ["", "## Model versions that scored this week's predictions", ""]
     lines += _table(["model", "serving version", "trained for week"], [
         (n, r.serving_version, (r.serving.week or "–") if r.serving else "naive baseline")
         for n, r in models.items()])
