@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
@@ -21,6 +19,7 @@ from engagement_dagster.kb.tools import ToolRefused
 from engagement_dagster.results import Results, duckdb_query
 from engagement_dagster.settings import PROJECT_ROOT
 from tests.conftest import KB_WEEKS
+from tests.fake_chat import FakeChatServer, completion
 
 WEEK0, WEEK = KB_WEEKS
 
@@ -123,41 +122,9 @@ def test_the_sql_tool_answers_within_its_allow_list_and_refuses_the_rest(week):
 # --- a language model through an OpenAI-compatible server on 127.0.0.1
 
 
-class ChatServer:
-    """A minimal chat-completions server: replays scripted replies and records the requests."""
-
-    def __init__(self, replies):
-        self.replies, self.requests = list(replies), []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                server.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                body = json.dumps(server.replies.pop(0)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-
-
 def _message(content=None, tool_calls=None):
-    message = {"role": "assistant", "content": content}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    return {"choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if tool_calls else "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+    message = {"content": content, **({"tool_calls": tool_calls} if tool_calls else {})}
+    return 200, completion(message, "tool_calls" if tool_calls else "stop")
 
 
 def test_a_language_model_calls_the_sql_tool_and_its_numbers_are_checked(week):
@@ -165,19 +132,17 @@ def test_a_language_model_calls_the_sql_tool_and_its_numbers_are_checked(week):
     top = results.query("select segment, mean_churn_probability from churn_by_segment "
                         "order by mean_churn_probability desc limit 1").iloc[0]
     sql = "select segment, mean_churn_probability from churn_by_segment order by mean_churn_probability desc limit 1"
-    server = ChatServer([
+    replies = [
         _message(tool_calls=[{"id": "call_1", "type": "function",
                               "function": {"name": "query_results", "arguments": json.dumps({"sql": sql})}}]),
         _message(f"{top['segment']} has the highest mean churn probability, {top['mean_churn_probability']:.4f} "
                  "[churn_by_segment#000], and 99.5 is a number no source states."),
-    ])
-    try:
+    ]
+    with FakeChatServer(replies) as server:
         backend = llm.OpenAICompatibleBackend(server.url, "local-model")
         answer = _agent(week, backend=backend).ask("Which segment has the highest churn risk?")
-    finally:
-        server.close()
     assert answer.backend == "openai:local-model"
-    first, second = server.requests
+    first, second = (r["body"] for r in server.requests)
     assert first["model"] == "local-model" and {t["function"]["name"] for t in first["tools"]} == {
         "query_results", "customer_details", "explain_prediction"}
     assert "[churn_by_segment#000]" in first["messages"][-1]["content"]  # the passages, with their ids

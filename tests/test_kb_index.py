@@ -307,3 +307,14 @@ def test_a_fresh_process_loads_the_index_and_answers(week):
     assert "data_dictionary" in [h.doc_id for h in hits] and hits.load_seconds > 0
     assert index.search(lake, WEEK0, "churn by segment")[0].title.endswith(f"(week of {WEEK0})")  # each week its own
     assert time.perf_counter() - started < 2
+
+
+def test_version_ids_are_not_what_the_embedding_model_reads(tmp_path):
+    from engagement_dagster.registry import ModelRegistry
+
+    registry = ModelRegistry(LocalLake(root=str(tmp_path)))  # a real version id, from register()
+    model = type("M", (), {"name": "m", "to_files": lambda self: {}})()
+    version = registry.register(model, {}, "card", "3f0895be" * 8)
+    text = f"| churn_model | {version} | 2026-11-16 |"
+    assert index.VERSION_PATTERN.search(text).group(0) == version
+    assert index.for_embedding(text) == "| churn_model | version | 2026-11-16 |"

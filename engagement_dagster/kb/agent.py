@@ -37,7 +37,14 @@ from engagement_dagster.kb.tools import SPECS, UUID, ToolRefused, Tools, explana
 from engagement_dagster.results import Results
 
 OFFLINE = "none (offline answerer: composed from the retrieved passages and tool results, no language model)"
-MAX_ITEMS = 6  # sentences and tables an offline answer quotes, at most
+MAX_ITEMS = 8  # sentences and tables an offline answer quotes, at most
+PER_PASSAGE = 2  # ... and at most this many from one passage, so the next passages are heard too
+# A question asking for a figure ("how many", "what share", "the mean …"): items that state a number
+# (not a date) weigh NUMERIC_BONUS times more.
+ASKS_FOR_A_FIGURE = re.compile(r"\b(how (many|much)|share|percentage|proportion|number of|total|mean|average|"
+                               r"median|rate)\b", re.IGNORECASE)
+NUMERIC_BONUS = 1.5
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 MAX_TABLE_ROWS = 12  # a larger table is quoted by its matching rows
 KEEP = 0.6  # quote every item scoring at least this share of the best item's score
 RANK_DISCOUNT = 0.15  # an item of the n-th passage scores 1 / (1 + 0.15 n) of the same item in the first
@@ -153,6 +160,16 @@ def _items(passage: Passage) -> list[_Item]:
     return [item for item in items if item.line or item.rows]
 
 
+FIGURE_CELL = re.compile(r"^[-+]?\d[\d,]*(\.\d+)?%?$")
+
+
+def _states_a_number(item: _Item) -> bool:
+    """A sentence with a number that is not a date, or a table with a cell that is a figure."""
+    if item.line:
+        return bool(numbers_in(DATE.sub("", item.line)))
+    return any(FIGURE_CELL.match(cell.strip()) for row in item.rows for cell in row.strip("|").split("|")[1:])
+
+
 def _score(text: str, terms: set[str], weights: dict[str, float]) -> float:
     return sum(weights.get(t, 1.0) for t in set(analyze(text)) & terms)
 
@@ -181,26 +198,36 @@ def compose_offline(question: str, week: str, passages: Sequence[Passage],
     the question, quoted as written under the passage they come from.
 
     A sentence scores the idf-weighted overlap of its words with the question's, plus half that of
-    its heading; a table, its best row label's overlap plus that of its header and heading.
-    Scores are discounted by the passage's rank; every item within ``KEEP`` of the best is quoted
-    (at most ``MAX_ITEMS``)."""
+    its document's title and its heading; a table, its best row label's overlap plus that of the
+    title, its heading and its header row.
+    When the question asks for a figure, items stating a number weigh more. Scores are discounted by
+    the passage's rank; the best items within ``KEEP`` of the best are quoted (at most ``MAX_ITEMS``,
+    ``PER_PASSAGE`` from one passage)."""
     terms, weights = set(analyze(question)), weights or {}
+    figure_wanted = bool(ASKS_FOR_A_FIGURE.search(question))
     scored: list[tuple[float, int, _Item]] = []
     for rank, passage in enumerate(passages):
         for item in _items(passage):
             if item.line:
-                own, context = _score(item.line, terms, weights), _score(item.heading, terms, weights)
+                own = _score(item.line, terms, weights)
+                context = _score(f"{passage.title} {item.heading}", terms, weights)
             else:
                 own = max(_score(_label(r), terms, weights) for r in item.rows)
-                context = _score(f"{item.heading} {item.header[0]}", terms, weights)
+                context = _score(f"{passage.title} {item.heading} {item.header[0]}", terms, weights)
             score = own + (context if item.rows else 0.5 * context)  # a table's header is its sentence
+            if figure_wanted and _states_a_number(item):
+                score *= NUMERIC_BONUS
             if own > 0 or (item.rows and context > 0):
                 scored.append((score / (1 + RANK_DISCOUNT * rank), rank, item))
     if not scored:
         return (f"The week's documents (week of {week}) have no passage that answers this question. Try other "
                 "words, or ask about a customer by id."), []
     best = max(score for score, _, _ in scored)
-    chosen = sorted((s for s in scored if s[0] >= KEEP * best), key=lambda s: -s[0])[:MAX_ITEMS]
+    chosen, per_passage = [], {}
+    for entry in sorted((s for s in scored if s[0] >= KEEP * best), key=lambda s: (-s[0], s[1])):
+        if per_passage.get(entry[1], 0) < PER_PASSAGE and len(chosen) < MAX_ITEMS:
+            per_passage[entry[1]] = per_passage.get(entry[1], 0) + 1
+            chosen.append(entry)
     parts, citations, quoted = [], [], set()
     for rank, passage in enumerate(passages):
         out = []
@@ -232,7 +259,7 @@ class Agent:
     retrieve: Retriever
     tools: Tools
     backend: llm.ChatBackend | None = None
-    k: int = 5
+    k: int = 8  # passages an answer draws on (the offline answerer quotes the best of them)
     weights: dict[str, float] | None = None  # the offline answerer's term weights (the local index's idf)
 
     @property

@@ -488,21 +488,28 @@ def _serving_text(result: ModelResult) -> str:
     return f"No version was trained for this week; the predictions used {result.serving_version} ({where})."
 
 
-def _summary(name: str, primary: str, rep: Mapping[str, Any], reported: RegisteredVersion) -> list[str]:
+def _summary(result: ModelResult, primary: str) -> list[str]:
     """The card's answers in plain words (how accurate, how calibrated, how fair, what matters most),
-    each figure formatted exactly as in the tables below."""
+    each figure formatted exactly as in the tables below. They describe the version that scored this
+    week's customers; when that is not this week's new version (the champion was kept), a last line
+    gives the new version's figure too."""
+    name, trained, serving = result.name, result.trained, result.serving
+    about = serving or trained  # the naive baseline has no report: then the trained version's
+    rep = about.report
     test, baseline, ceiling = rep.get("test", {}), rep.get("baseline", {}), rep.get("oracle_ceiling") or {}
+    which = ("" if about is trained else
+             f" (the version that scored this week, {about.version}, trained for week {about.week or '–'})")
     out = ["## Summary", ""]
     if primary in test:
         direction = {True: "higher is better", False: "lower is better"}.get(HIGHER_IS_BETTER.get(primary),
                                                                             "near the target rate is better")
-        out.append(f"{QUALITY[name]}: test {primary} {_f4(test[primary])} ({direction}), against "
+        out.append(f"{QUALITY[name]}{which}: test {primary} {_f4(test[primary])} ({direction}), against "
                    f"{_f4(baseline.get(primary))} for the naive baseline and {_f4(ceiling.get(primary))} for the "
                    f"oracle ceiling, on {_count(rep.get('rows', {}).get('test'))} test rows.")
     if name == "churn_model" and "ece" in test:
         out.append(f"How well calibrated the churn probabilities are: expected calibration error (ECE) "
-                   f"{_f4(test['ece'])} and Brier score "
-                   f"{_f4(test.get('brier'))} on the test split (isotonic calibration).")
+                   f"{_f4(test['ece'])} and Brier score {_f4(test.get('brier'))} on the test split (isotonic "
+                   "calibration).")
     if rep.get("fairness"):
         worst = max(rep["fairness"], key=lambda k: rep["fairness"][k])
         out.append(f"How fair: the largest fairness gap across gender and age bands is {worst} "
@@ -510,8 +517,13 @@ def _summary(name: str, primary: str, rep: Mapping[str, Any], reported: Register
     if rep.get("importance_mean_abs_shap"):
         top = list(rep["importance_mean_abs_shap"])[:3]
         out.append(f"Top features of the {SUBJECT[name]} (what drives it most, by mean |SHAP|): {', '.join(top)}.")
-    if reported.gate:
-        out.append(f"Promotion decision: {reported.gate}.")
+    if about.gate:
+        out.append(f"Promotion decision: {about.gate}.")
+    if trained is not None and about is not trained and primary in trained.report.get("test", {}):
+        out.append(f"This week's newly trained version {trained.version} ({trained.gate or 'not gated'}): test "
+                   f"{primary} {_f4(trained.report['test'][primary])}.")
+    if result.serving_version == BASELINE_VERSION:
+        out.append("Not serving: the naive baseline scored this week's customers (see below).")
     return [*out, ""] if len(out) > 2 else []
 
 
@@ -529,7 +541,7 @@ def model_card(result: ModelResult, week: str, versions: Mapping[str, str]) -> D
         if result.serving is not None and result.serving is not reported:
             sources.append(f"lake:{result.serving.key}")
         lines += [rep.get("description", ""), ""]
-        lines += _summary(name, primary, rep, reported)
+        lines += _summary(result, primary)
         lines += ["## Versions", ""]
         lines += _table(["role", "version", "trained for week"], [
             ("reported on this card" + (" (trained for this week)" if result.trained else " (serving; not retrained)"),

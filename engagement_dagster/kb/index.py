@@ -62,10 +62,13 @@ DEFAULT_CHUNK_TOKENS = 300
 DEFAULT_OVERLAP = 0.2  # of chunk_tokens
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 TOKENIZER = r"regex \w+|[^\w\s] (a word, or one punctuation mark)"
-ANALYZER_VERSION = "2"  # bump when `analyze` changes: every week is re-indexed
+ANALYZER_VERSION = "3"  # bump when `analyze` changes: every week is re-indexed
 BACKEND_LEXICAL = "bm25 (lexical only: install the [kb] extra for embeddings)"
 BACKEND_LEXICAL_SWITCHED_OFF = f"bm25 (lexical only: {embeddings.SWITCH}=off)"
 BACKEND_HYBRID = "hybrid: bm25 + cosine, reciprocal-rank fusion"
+# The registry's version ids (ModelRegistry.register): the UTC registration time, then the training
+# data's fingerprint.
+VERSION_PATTERN = re.compile(r"\b\d{8}T\d{12}Z-[0-9a-f]{8}\b")
 RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al.): 1 / (RRF_K + rank) per ranking
 BM25_PARAMS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
 
@@ -316,7 +319,7 @@ def build_index(lake: LakeLike, week: str, settings: ChunkSettings = ChunkSettin
 
     files = {CHUNKS_FILE: _chunks_parquet(chunks), **_bm25_files([analyze(c.text) for c in chunks])}
     if embedder is not None:
-        files[EMBEDDINGS_FILE] = _npy_bytes(embedder.embed([c.text for c in chunks]))
+        files[EMBEDDINGS_FILE] = _npy_bytes(embedder.embed([for_embedding(c.text) for c in chunks]))
     prefix = index_prefix(week)
     for name, data in files.items():
         lake.write_bytes(prefix + name, data)
@@ -345,6 +348,13 @@ def build_index(lake: LakeLike, week: str, settings: ChunkSettings = ChunkSettin
     _CACHE.pop((_lake_id(lake), week), None)
     return IndexResult(week, "rebuilt", backend, len(docs), len(chunks), settings,
                        time.perf_counter() - started, manifest)
+
+
+def for_embedding(text: str) -> str:
+    """A chunk's text as the embedding model reads it: model version ids (a registration time and a
+    hash) become the word "version". They mean nothing to the model, and their word pieces would
+    make a week's embeddings depend on when its models were trained."""
+    return VERSION_PATTERN.sub("version", text)
 
 
 def _npy_bytes(matrix: np.ndarray) -> bytes:
