@@ -3,6 +3,8 @@
 manifest without importing the rest of the code location."""
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from dagster_dbt import DbtProject
@@ -16,4 +18,8 @@ engagement_dbt = DbtProject(
     # A separate target dir keeps a second lake (the benchmark's) from spoiling partial parsing here.
     target_path=Path(os.environ.get("DBT_TARGET_PATH", "target")),
 )
+# `dg check defs` / `dagster dev` from a shell where the virtual environment is not activated: the
+# manifest is prepared with the dbt installed beside this interpreter (dagster-dbt looks on PATH).
+if shutil.which("dbt") is None and (Path(sys.executable).parent / "dbt").exists():
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 engagement_dbt.prepare_if_dev()

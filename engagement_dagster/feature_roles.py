@@ -1,4 +1,4 @@
-"""Column roles of the model-ready dbt model, read from the dbt manifest (DESIGN.md §5).
+"""Column roles of the model-ready dbt model (`meta.role` in its YAML), read from the dbt manifest.
 
 An analyst adds a feature with SQL + YAML (`meta: {role: feature}`); training picks it up here
 with no Python change.

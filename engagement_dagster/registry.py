@@ -1,4 +1,4 @@
-"""A model registry in the lake (DESIGN.md §7) and the promotion gate.
+"""A model registry in the lake (models/<name>/<version>/, champion.json; docs/architecture.md) and the promotion gate.
 
     models/<name>/<version>/{model files, features.json, metrics.json, card.md, version.json}
     models/<name>/champion.json
