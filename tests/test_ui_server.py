@@ -139,3 +139,39 @@ def test_a_browser_shows_the_lineage_and_the_checks(webserver, tmp_path):
                 expect(page.get_by_text(check, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_make_ui_serves_and_stops_within_seconds(tmp_path, stop_signal):
+    """`make ui` (python -m engagement_dagster.ui): dagster dev with its webserver, daemon and code
+    server, stopped by Ctrl-C or SIGTERM in a few seconds, processes and all; no start-up warning
+    about a missing dagster.yaml."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home, log = tmp_path / "dagster_home", tmp_path / "ui.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "engagement_dagster.ui", "--port", str(port)],
+                                   cwd=PROJECT_ROOT, env={**os.environ, "DAGSTER_HOME": str(home)},
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"make ui did not answer within 180 s:\n{log.read_text()[-3000:]}")
+        stopped_at = time.monotonic()
+        process.send_signal(stop_signal)
+        process.wait(timeout=30)
+        seconds = time.monotonic() - stopped_at
+        time.sleep(1)  # dagster dev runs in its own process group: find what is left of it by the port
+        left = subprocess.run(["pgrep", "-f", f"(-p|--port) {port}"], check=False, capture_output=True,
+                              text=True).stdout.split()
+        assert seconds < 15 and left == [], (seconds, left)
+        assert (home / "dagster.yaml").exists() and "No dagster instance configuration file" not in log.read_text()
+    finally:
+        subprocess.run(["pkill", "-9", "-f", f"(-p|--port) {port}"], check=False)
