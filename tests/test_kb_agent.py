@@ -4,6 +4,7 @@ drivers, the SQL tool runs through the agent's allow-list, a language model's to
 an OpenAI-compatible server on 127.0.0.1 and Bedrock Converse (botocore Stubber), and the CLI answers
 offline without Dagster."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from tests.conftest import KB_WEEKS
 from tests.fake_chat import FakeChatServer, completion
 
 WEEK0, WEEK = KB_WEEKS
+THIS_WEEK = f"snapshot_week = date '{WEEK}'"  # the marts keep every week: the agent answers for one
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_an_offline_answer_quotes_its_sources_and_states_no_other_number(week):
     answer = _agent(week).ask("Which segments have the highest churn risk?")
     assert answer.backend == kb_agent.OFFLINE and "without a language model" in answer.text
     assert {c.doc_id for c in answer.citations} & {"churn_by_segment", "segment_profiles"}
-    highest = _one(results, "select max(mean_churn_probability) from churn_by_segment")
+    highest = _one(results, f"select max(mean_churn_probability) from churn_by_segment where {THIS_WEEK}")
     assert f"{highest:.4f}" in answer.text
     # every number of the answer (after the note) is in a passage it cites
     cited = [p.text for p in _agent(week).retrieve(answer.question, 5)
@@ -72,7 +74,7 @@ def test_why_a_customer_is_at_risk_is_explained_by_exact_treeshap(week):
     _, _, results = week
     row = results.query("select customer_id, churn_probability, churn_driver_1, churn_driver_1_contribution, "
                         "churn_driver_2, churn_driver_3, churn_drivers_method from at_risk_customers "
-                        "order by churn_probability desc, customer_id limit 1").iloc[0]
+                        f"where {THIS_WEEK} order by churn_probability desc, customer_id limit 1").iloc[0]
     assert row["churn_drivers_method"] == "exact_treeshap"
     answer = _agent(week).ask(f"Why is customer {row['customer_id']} at risk of churning?")
     assert [u.name for u in answer.tool_calls] == ["customer_details", "explain_prediction"]
@@ -92,24 +94,40 @@ def test_customer_tools_refuse_clearly(week):
     tools = _agent(week).tools
     with pytest.raises(ToolRefused, match="is not a customer id"):
         tools.customer_details("x' or '1'='1")
-    with pytest.raises(ToolRefused, match="is not in predictions_final"):
+    with pytest.raises(ToolRefused, match=f"is not in predictions_final for week {WEEK}"):
         tools.explain_prediction("00000000-0000-4000-8000-000000000000")
+    with pytest.raises(ToolRefused, match=f"holds no rows for week 2026-11-02 \\(it holds {WEEK0}, {WEEK}\\)"):
+        dataclasses.replace(tools, week="2026-11-02").customer_details("00000000-0000-4000-8000-000000000000")
+
+
+def test_an_earlier_week_s_details_come_from_its_own_rows_and_its_explanation_is_refused(week):
     _, _, results = week
-    someone = _one(results, "select min(customer_id) from predictions_final")
+    someone = _one(results, f"select min(customer_id) from predictions_final where snapshot_week = date '{WEEK0}' "
+                            f"and customer_id in (select customer_id from predictions_final where {THIS_WEEK})")
     previous = _agent(week, for_week=WEEK0).tools
-    with pytest.raises(ToolRefused, match=f"holds week {WEEK}, not {WEEK0}"):
-        previous.customer_details(someone)
+    details = previous.customer_details(someone)["customer"]
+    assert details["snapshot_week"] == WEEK0
+    assert details["churn_probability"] == round(_one(results, (
+        f"select churn_probability from predictions_final where customer_id = '{someone}' "
+        f"and snapshot_week = date '{WEEK0}'")), 4)
+    # customer_model_input, a feature table, holds the week last built only: no explanation of an earlier week
+    with pytest.raises(ToolRefused, match=f"customer_model_input holds week {WEEK}, not {WEEK0}"):
+        previous.explain_prediction(someone)
 
 
 def test_the_sql_tool_answers_within_its_allow_list_and_refuses_the_rest(week):
     _, _, results = week
     tools = _agent(week).tools
-    out = tools.query_results("select segment, count(*) as customers from predictions_final group by segment "
-                              "order by customers desc")
+    out = tools.query_results(f"select segment, count(*) as customers from predictions_final where {THIS_WEEK} "
+                              "group by segment order by customers desc")
     assert out["columns"] == ["segment", "customers"]
-    assert sum(r[1] for r in out["rows"]) == _one(results, "select count(*) from predictions_final")
-    summary = tools.query_results("select customers, mean_churn_probability from weekly_prediction_summary")
-    assert summary["rows"][0][0] == _one(results, "select customers from weekly_prediction_summary")
+    assert sum(r[1] for r in out["rows"]) == _one(results, f"select count(*) from predictions_final where {THIS_WEEK}")
+    summary = tools.query_results(
+        f"select customers, mean_churn_probability from weekly_prediction_summary where {THIS_WEEK}")
+    assert summary["rows"][0][0] == _one(results, f"select customers from weekly_prediction_summary where {THIS_WEEK}")
+    trend = tools.query_results("select snapshot_week, customers, at_risk_customers, churn_model_version "
+                                "from weekly_summary order by snapshot_week")
+    assert [r[0] for r in trend["rows"]] == [WEEK0, WEEK] and "weekly_summary" in trend["source"]
     for sql, reason in [("select * from customer_model_input", "customer_model_input"),
                         ("select * from read_csv('/etc/passwd')", "read_csv"),
                         ("delete from predictions_final", "SELECT"),
@@ -129,9 +147,9 @@ def _message(content=None, tool_calls=None):
 
 def test_a_language_model_calls_the_sql_tool_and_its_numbers_are_checked(week):
     _, _, results = week
-    top = results.query("select segment, mean_churn_probability from churn_by_segment "
-                        "order by mean_churn_probability desc limit 1").iloc[0]
-    sql = "select segment, mean_churn_probability from churn_by_segment order by mean_churn_probability desc limit 1"
+    sql = (f"select segment, mean_churn_probability from churn_by_segment where {THIS_WEEK} "
+           "order by mean_churn_probability desc limit 1")
+    top = results.query(sql).iloc[0]
     replies = [
         _message(tool_calls=[{"id": "call_1", "type": "function",
                               "function": {"name": "query_results", "arguments": json.dumps({"sql": sql})}}]),

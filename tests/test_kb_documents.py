@@ -35,22 +35,25 @@ def _query(root, sql):
     return frame.to_dict("records")
 
 
-def _marts(root) -> dict:
-    """What the marts hold for the week just built (they keep one week at a time)."""
-    q = lambda sql: _query(root, sql)  # noqa: E731
+def _marts(root, week) -> dict:
+    """What the marts hold for ``week`` (they keep every week: each query reads that week's rows)."""
+    def q(sql):
+        return _query(root, sql.replace("{week}", f"snapshot_week = date '{week}'"))
+
     return {
-        "summary": q("select * from weekly_prediction_summary")[0],
-        "versions": q(f"select distinct {VERSION_COLUMNS} from predictions_final")[0],
-        "churn_by_segment": {r["segment"]: r for r in q("select * from churn_by_segment")},
+        "summary": q("select * from weekly_prediction_summary where {week}")[0],
+        "versions": q(f"select distinct {VERSION_COLUMNS} from predictions_final where {{week}}")[0],
+        "churn_by_segment": {r["segment"]: r for r in q("select * from churn_by_segment where {week}")},
         "at_risk": q("select count(*) as customers, sum(value_at_risk_usd) as value_at_risk_usd, "
-                     "sum(predicted_lifetime_value_usd) as predicted_ltv_usd from at_risk_customers")[0],
+                     "sum(predicted_lifetime_value_usd) as predicted_ltv_usd from at_risk_customers where {week}")[0],
         "at_risk_drivers": {r["driver"]: r for r in q(
             "select driver, count(*) as in_top_3, sum(top) as top_driver from ("
-            "select churn_driver_1 as driver, 1 as top from at_risk_customers union all "
-            "select churn_driver_2, 0 from at_risk_customers union all "
-            "select churn_driver_3, 0 from at_risk_customers) group by driver")},
+            "select churn_driver_1 as driver, 1 as top from at_risk_customers where {week} union all "
+            "select churn_driver_2, 0 from at_risk_customers where {week} union all "
+            "select churn_driver_3, 0 from at_risk_customers where {week}) group by driver")},
         "high": q("select count(*) as customers, avg(predicted_engagement_score) as mean_engagement, "
-                  "sum(predicted_lifetime_value_usd) as predicted_ltv_usd from high_engagement_customers")[0],
+                  "sum(predicted_lifetime_value_usd) as predicted_ltv_usd from high_engagement_customers "
+                  "where {week}")[0],
         "model_input_columns": [r["column_name"] for r in q(
             "select column_name from information_schema.columns "
             f"where table_name = '{MODEL_INPUT}' order by ordinal_position")],
@@ -64,7 +67,7 @@ def _kb_files(lake, week) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def weeks(tmp_path_factory):
     """Two weeks of the whole graph, the knowledge base included, in a lake of their own; the
-    marts of week 1 are captured before week 2 replaces them."""
+    marts of week 1 are read before week 2 is built, and again after (the marts keep every week)."""
     root = tmp_path_factory.mktemp("kb_lake")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ENGAGEMENT_LAKE_DIR", str(root))
@@ -81,7 +84,7 @@ def weeks(tmp_path_factory):
 
         first = refresh(WEEK1)
         files1 = _kb_files(lake, WEEK1)
-        marts1 = _marts(root)
+        marts1 = _marts(root, WEEK1)
         champions1 = {n: json.loads(lake.read_bytes(f"models/{n}/champion.json"))["version"] for n in MODEL_KINDS}
         # Regenerated, through the asset and through the plain library: the same bytes.
         assert dg.materialize([kb_documents], partition_key=WEEK1, resources=resources).success
@@ -93,7 +96,8 @@ def weeks(tmp_path_factory):
         second = refresh(WEEK2)
         yield SimpleNamespace(root=root, lake=lake, marts=marts, first=first, second=second, files1=files1,
                               files1_asset=files1_asset, files1_plain=files1_plain, marts1=marts1,
-                              champions1=champions1, marts2=_marts(root), files2=_kb_files(lake, WEEK2))
+                              champions1=champions1, marts2=_marts(root, WEEK2), files2=_kb_files(lake, WEEK2),
+                              marts1_later=_marts(root, WEEK1))
 
 
 # --- reading the markdown back: tables by their heading, numbers by their printed precision
@@ -289,7 +293,7 @@ def test_mart_analyses_state_the_marts_figures(weeks):
             assert _same(row[column], mart[mart_column]), (segment, column)
     assert sum(_number(r["customers"]) for r in rows.values()) == N
 
-    _, _, tables = _doc(weeks.files1, WEEK1, "at_risk_analysis")
+    _, body, tables = _doc(weeks.files1, WEEK1, "at_risk_analysis")
     risk = marts["at_risk"]
     assert risk["customers"] > 0, "a 4,000-customer week has someone at risk"
     figures = {r["figure"]: r["value"] for r in tables["At-risk customers (week of 2026-11-09)"]}
@@ -305,6 +309,8 @@ def test_mart_analyses_state_the_marts_figures(weeks):
     order = [r["driver"] for r in tables["Most common churn drivers"]]
     assert order == sorted(marts["at_risk_drivers"], key=lambda d: (-marts["at_risk_drivers"][d]["in_top_3"], d))
     assert sum(_number(r["customers"]) for r in tables["By segment"]) == risk["customers"]
+    largest = max(tables["By segment"], key=lambda r: _number(r["customers"]))
+    assert f"most at-risk customers are in {largest['segment']}: {largest['customers']} of the" in body
 
     _, _, tables = _doc(weeks.files1, WEEK1, "high_engagement_analysis")
     figures = {r["figure"]: r["value"] for r in tables["High-engagement customers (week of 2026-11-09)"]}
@@ -313,12 +319,18 @@ def test_mart_analyses_state_the_marts_figures(weeks):
     assert _same(figures["mean predicted engagement"], marts["high"]["mean_engagement"])
     assert _same(figures["predicted lifetime value (USD)"], marts["high"]["predicted_ltv_usd"])
 
-    _, _, tables = _doc(weeks.files1, WEEK1, "weekly_summary")
+    _, body, tables = _doc(weeks.files1, WEEK1, "weekly_summary")
     figures = {r["figure"]: r["value"] for r in tables["Weekly prediction summary (week of 2026-11-09)"]}
     for key, (label, _) in documents.HEADLINE.items():
         expected = summary.get(key, {"at_risk_customers": risk["customers"],
                                      "at_risk_value_at_risk_usd": risk["value_at_risk_usd"]}.get(key))
         assert _same(figures[label], expected), (key, figures[label], expected)
+    # ... and the weekly_summary mart's outcomes and distribution of predicted engagement
+    trend = _query(weeks.root, f"select * from weekly_summary where snapshot_week = date '{WEEK1}'")[0]
+    assert (f"observed churn rate {trend['observed_churn_rate']:.4f} over the "
+            f"{trend['customers_with_known_outcome']:,} customers whose outcome is known") in body
+    assert (f"10th percentile {trend['p10_predicted_engagement']:.4f}, median {trend['p50_predicted_engagement']:.4f}, "
+            f"90th percentile {trend['p90_predicted_engagement']:.4f}") in body
 
     # segment profiles: the serving segment model's profiles beside this week's churn_by_segment
     front, _, tables = _doc(weeks.files1, WEEK1, "segment_profiles")
@@ -347,6 +359,12 @@ def test_the_data_dictionary_lists_every_model_input_column_with_its_role(weeks)
     assert {r["role"] for r in rows.values()} <= set(documents.ROLE_MEANING)
     assert all(r["description"] != "(undocumented)" for r in rows.values())
     assert rows["tenure_months"]["documented range"] == "[0, …]"
+    # every column of the marts is described: a customer-level mart's in a table, a mart of figures by name
+    _, body, tables = _doc(weeks.files1, WEEK1, "data_dictionary")
+    final = _by(tables["predictions_final (scoring, incremental)"], "column")
+    assert final["churn_driver_1_direction"]["description"].startswith("'raises churn risk' or 'lowers churn risk'")
+    assert "(undocumented)" not in body.split("## predictions_final")[1].split("## Sources")[0]
+    assert "Columns: customers, mean_predicted_engagement, mean_churn_probability" in body
 
 
 def test_a_second_week_says_what_changed(weeks):
@@ -389,7 +407,21 @@ def test_a_second_week_says_what_changed(weeks):
         assert _same(segments[name]["customers this week"], row["customers"])
 
 
-def test_a_week_the_warehouse_does_not_hold_is_refused(weeks):
-    with pytest.raises(documents.WeekNotInWarehouse, match=f"hold snapshot week.*{WEEK2}, not {WEEK1}"):
-        documents.generate(weeks.lake, WEEK1, weeks.marts, engagement_dbt.manifest_path)
+def test_the_marts_keep_the_first_week_while_the_second_is_built(weeks):
+    assert weeks.marts1_later == weeks.marts1
+    weeks_held = _query(weeks.root, "select snapshot_week, customers from weekly_summary order by snapshot_week")
+    assert [(str(r["snapshot_week"])[:10], r["customers"]) for r in weeks_held] == [(WEEK1, N), (WEEK2, N)]
+
+
+def test_an_earlier_week_is_regenerated_from_its_own_rows_of_the_marts(weeks):
+    """With week 2 built, week 1's documents are generated again from week 1's rows: the same bytes."""
+    documents.generate(weeks.lake, WEEK1, weeks.marts, engagement_dbt.manifest_path)
     assert _kb_files(weeks.lake, WEEK1) == weeks.files1
+
+
+def test_a_week_the_warehouse_does_not_hold_is_refused(weeks):
+    never = "2026-11-02"
+    with pytest.raises(documents.WeekNotInWarehouse,
+                       match=f"hold no rows for snapshot week {never} \\(they hold: {WEEK1}, {WEEK2}\\)"):
+        documents.generate(weeks.lake, never, weeks.marts, engagement_dbt.manifest_path)
+    assert documents.available_weeks(weeks.lake) == [WEEK1, WEEK2]

@@ -11,8 +11,8 @@ callable (see `Marts`). Nothing time-dependent is written, so the same week rege
 same results gives the same bytes. Each file is written atomically and the manifest last: a week
 is complete once its manifest exists, and older weeks stay readable by week.
 
-The dbt marts are rebuilt for one week at a time: documents for a week are built only while the
-warehouse holds that week (anything else is refused, naming both weeks).
+The dbt marts keep every snapshot week (one row per customer and week, or per week): a week's
+documents read that week's rows, and a week the marts do not hold is refused, naming the weeks they do.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ SHAP_SCALE = {
     "content_recommender": "softmax margin, summed over the content categories",
 }
 MARTS = ("predictions_final", "qa_review_sample", "high_engagement_customers", "at_risk_customers",
-         "churn_by_segment", "weekly_prediction_summary")
+         "churn_by_segment", "weekly_prediction_summary", "weekly_summary")
 PREDICTIONS_ASSET = "scoring/customer_predictions"
 KB_PREFIX = "kb"
 BASELINE_VERSION = "baseline"  # what predictions_final says while a model's naive baseline serves
@@ -83,7 +83,7 @@ class LakeLike(Protocol):
 
 
 class WeekNotInWarehouse(ValueError):
-    """The marts hold another week than the one asked for (they keep one week at a time)."""
+    """The marts hold no rows for the week asked for (its scoring marts were never built)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +226,10 @@ class Marts:
     def columns(self, table: str) -> list[str]:
         return [str(c) for c in self.query(f"select * from {self.relation(table)} limit 0").columns]
 
+    def week(self, table: str, week: str) -> str:
+        """``table``'s rows of one snapshot week, as a subquery: the marts keep every week."""
+        return f"(select * from {self.relation(table)} where snapshot_week = date '{_week(week)}')"
+
 
 def _plain(value: Any) -> Any:
     """A warehouse value as plain Python: numbers, text, ISO dates, None for any null."""
@@ -255,16 +259,21 @@ class MartResults:
     high_engagement: dict[str, Any]
     high_engagement_segments: list[dict[str, Any]]
     high_engagement_categories: list[dict[str, Any]]
+    trend: dict[str, Any] = field(default_factory=dict)  # the weekly_summary mart's row: distribution, outcomes
 
 
 def read_marts(marts: Marts, week: str) -> MartResults:
-    rel = marts.relation
+    """The week's figures from the marts, every query on that week's rows only."""
+    def rel(table: str) -> str:
+        return f"{marts.week(table, week)} as {table}"
+
     summaries = marts.rows(f"select * from {rel('weekly_prediction_summary')}")
-    held = sorted(str(row["snapshot_week"]) for row in summaries)
-    if held != [week]:
+    if len(summaries) != 1:
+        held = sorted(str(row["snapshot_week"])[:10] for row in marts.rows(
+            f"select distinct snapshot_week from {marts.relation('weekly_prediction_summary')}"))
         raise WeekNotInWarehouse(
-            f"the warehouse's marts hold snapshot week(s) {', '.join(held) or 'none'}, not {week}: the marts keep "
-            f"one week at a time, so build {week}'s scoring marts before its knowledge-base documents")
+            f"the warehouse's marts hold no rows for snapshot week {week} (they hold: {', '.join(held) or 'none'}): "
+            f"build {week}'s scoring marts before its knowledge-base documents")
     version_columns = ", ".join(f"{name}_version" for name in MODELS)
     versions = marts.rows(f"select {version_columns}, count(*) as customers from {rel('predictions_final')} "
                           f"group by {version_columns}")
@@ -281,6 +290,7 @@ def read_marts(marts: Marts, week: str) -> MartResults:
     return MartResults(
         week=week,
         summary=summaries[0],
+        trend=(marts.rows(f"select * from {rel('weekly_summary')}") or [{}])[0],
         serving_versions={name: str(versions[0][f"{name}_version"]) for name in MODELS},
         churn_by_segment=_sorted(marts.rows(
             "select segment, customers, mean_churn_probability, expected_churners, observed_churn_rate, "
@@ -753,6 +763,10 @@ def at_risk_analysis(marts: MartResults, week: str, versions: Mapping[str, str])
         lines += _table(["segment", "customers", "mean churn probability", "value at risk (USD)"],
                         [(s["segment"], _count(s["customers"]), _f4(s["mean_churn_probability"]),
                           _usd(s["value_at_risk_usd"])) for s in marts.at_risk_segments])
+        largest = marts.at_risk_segments[0]
+        share = _pct(_share(largest["customers"], risk["customers"]))
+        lines += ["", (f"By segment, most at-risk customers are in {largest['segment']}: "
+                       f"{_count(largest['customers'])} of the {_count(risk['customers'])} ({share}).")]
         top = marts.at_risk_drivers[0] if marts.at_risk_drivers else None
         if top:
             lines += ["", (f"The most common driver is {top['driver']}, among the top three of "
@@ -801,7 +815,7 @@ HEADLINE = {
     "high_engagement_customers": ("high-engagement customers", "count"),
     "mean_churn_probability": ("mean churn probability", "ratio"),
     "expected_churners": ("expected churners", "decimal"),
-    "high_churn_risk_customers": ("customers with churn probability ≥ 0.5", "count"),
+    "high_churn_risk_customers": ("customers with a churn probability of at least 0.5", "count"),
     "at_risk_customers": ("customers on the at-risk list", "count"),
     "at_risk_value_at_risk_usd": ("value at risk on the at-risk list (USD)", "usd"),
     "total_predicted_ltv_usd": ("total predicted lifetime value (USD)", "usd"),
@@ -849,12 +863,23 @@ def weekly_summary(marts: MartResults, models: Mapping[str, ModelResult], week: 
                    versions: Mapping[str, str]) -> Document:
     figures = week_figures(marts, models)["headline"]
     lines = [f"# Weekly prediction summary (week of {week})", "",
-             "The week's headline figures from the weekly_prediction_summary and at_risk_customers marts.", ""]
+             ("The week's headline figures from the weekly_prediction_summary, weekly_summary and at_risk_customers "
+              "marts."), ""]
     shown = {key: _FORMAT[kind](figures.get(key)) for key, (_, kind) in HEADLINE.items()}
-    lines += [(f"This week {shown['customers']} customers were scored: mean predicted engagement "
-               f"{shown['mean_predicted_engagement']}, mean churn probability {shown['mean_churn_probability']}, "
-               f"{shown['at_risk_customers']} customers on the at-risk list, {shown['high_engagement_customers']} "
-               f"high-engagement customers, {shown['anomaly_share']} flagged as anomalies."), ""]
+    trend = marts.trend
+    lines += [(f"This week {shown['customers']} customers were scored: {shown['at_risk_customers']} customers on the "
+               f"at-risk list, {shown['high_engagement_customers']} high-engagement customers, "
+               f"{shown['anomaly_share']} flagged as anomalies."), ""]
+    observed = ("" if not trend else "; no churn outcome is known yet" if _missing(trend.get("observed_churn_rate"))
+                else (f"; observed churn rate {_f4(trend['observed_churn_rate'])} over the "
+                      f"{_count(trend.get('customers_with_known_outcome'))} customers whose outcome is known"))
+    lines += [(f"Churn this week: mean churn probability {shown['mean_churn_probability']}, "
+               f"{shown['expected_churners']} expected churners{observed}."), ""]
+    distribution = ("" if not trend else
+                    (f", 10th percentile {_f4(trend.get('p10_predicted_engagement'))}, median "
+                     f"{_f4(trend.get('p50_predicted_engagement'))}, 90th percentile "
+                     f"{_f4(trend.get('p90_predicted_engagement'))}"))
+    lines += [f"Predicted engagement this week: mean {shown['mean_predicted_engagement']}{distribution}.", ""]
     lines += _table(["figure", "value"], [(label, _FORMAT[kind](figures.get(key)))
                                           for key, (label, kind) in HEADLINE.items()])
     lines += ["", "## Model versions that scored this week's predictions", ""]
@@ -865,10 +890,10 @@ def weekly_summary(marts: MartResults, models: Mapping[str, ModelResult], week: 
     if on_baseline:
         lines += ["", "Served by their naive baseline (no champion): " + ", ".join(on_baseline) + "."]
     return _document("weekly_summary", f"Weekly prediction summary (week of {week})", "weekly_summary", week,
-                     versions, ["scoring/weekly_prediction_summary", "scoring/at_risk_customers",
-                                "scoring/predictions_final"],
-                     [_table_source("weekly_prediction_summary"), _table_source("at_risk_customers"),
-                      _table_source("predictions_final")], lines)
+                     versions, ["scoring/weekly_prediction_summary", "scoring/weekly_summary",
+                                "scoring/at_risk_customers", "scoring/predictions_final"],
+                     [_table_source("weekly_prediction_summary"), _table_source("weekly_summary"),
+                      _table_source("at_risk_customers"), _table_source("predictions_final")], lines)
 
 
 def previous_figures(lake: LakeLike, week: str) -> tuple[str | None, dict | None]:
@@ -961,6 +986,10 @@ def _column_meta(column: Mapping[str, Any]) -> dict[str, Any]:
     return {**((column.get("config") or {}).get("meta") or {}), **(column.get("meta") or {})}
 
 
+def _description(node: Mapping[str, Any], column: str) -> str:
+    return (node["columns"].get(column) or {}).get("description") or ""
+
+
 def _range_text(meta: Mapping[str, Any]) -> str:
     if "range" not in meta:
         return "–"
@@ -975,6 +1004,7 @@ def data_dictionary(manifest_path: Path, marts: Marts, week: str, versions: Mapp
               if n["resource_type"] == "model" and (project is None or n.get("package_name") == project)]
     models.sort(key=lambda n: (n["name"] != MODEL_INPUT, "scoring" in n.get("tags", []),
                                n["name"] != "predictions_final", n["name"]))
+    by_name = {n["name"]: n for n in models}
     documented: dict[str, tuple[str, str]] = {}  # column → (description, the model that documents it)
     for node in models:
         for name, column in node["columns"].items():
@@ -984,7 +1014,8 @@ def data_dictionary(manifest_path: Path, marts: Marts, week: str, versions: Mapp
              ("Generated from the dbt project's manifest (model and column descriptions, each column's `meta.role` "
               "and documented `meta.range`) and the warehouse's tables. Training reads the roles of "
               f"{MODEL_INPUT}: add a feature with SQL + YAML and the models pick it up. A column a model passes "
-              "through unchanged carries the description of the model that documents it, named in brackets."), "",
+              "through unchanged carries the description of the model that documents it, named in brackets; one "
+              "described the same way as in a model above says \"as in\" that model."), "",
              "## Roles", ""]
     lines += _table(["role", "meaning"], [(role, ROLE_MEANING.get(role, "")) for role in ROLES])
     asset_keys, listed, undocumented = [], {}, 0
@@ -995,20 +1026,29 @@ def data_dictionary(manifest_path: Path, marts: Marts, week: str, versions: Mapp
         names = live + [c for c in node["columns"] if c not in live]
         lines += ["", f"## {node['name']} ({group}, {node.get('config', {}).get('materialized', 'model')})", "",
                   node.get("description") or "No description.", ""]
-        # A mart that carries every column of a model above lists only what it adds.
+        # A mart that carries every column of a model above lists only what it adds or describes otherwise.
         parents = [(len(cols), other) for other, cols in listed.items() if len(cols) >= 5 and set(cols) <= set(live)]
         listed[node["name"]] = live
         if parents:
             parent = max(parents)[1]
-            names = [c for c in names if c not in listed[parent] or (node["columns"].get(c) or {}).get("description")]
+            names = [c for c in names if c not in listed[parent]
+                     or _description(node, c) not in ("", _description(by_name[parent], c))]
             lines += [f"Every column of {parent}" + (", plus:" if names else "."), ""]
             if not names:
                 continue
+        if group == "scoring" and "customer_id" not in live:
+            # A mart of figures (per segment, per week): its columns by name. Their descriptions would repeat
+            # the analyses' figure labels and draw questions about figures here; dbt's docs site has them.
+            lines += [f"Columns: {', '.join(names)} (each described in dbt's documentation site, `make docs`)."]
+            continue
         rows = []
         for name in names:
             column = node["columns"].get(name, {})
             meta = _column_meta(column)
-            if column.get("description"):
+            if column.get("description") and documented.get(name, ("", node["name"]))[1] != node["name"] \
+                    and column["description"] == documented[name][0]:
+                description = f"as in {documented[name][1]}"  # said once, where it is first documented
+            elif column.get("description"):
                 description = column["description"]
             elif name in documented:
                 description = f"{documented[name][0]} [{documented[name][1]}]"

@@ -61,7 +61,10 @@ def load_questions(path: Path = QUESTIONS_FILE) -> list[dict]:
     return questions
 
 
-def _scalar(agent: Agent, sql: str):
+def _scalar(agent: Agent, sql: str, customer_id: str | None = None):
+    """The first value of a query on the marts; ``{week}`` in the SQL is the evaluated week (the marts keep
+    every week: a figure's query selects its own), ``{customer_id}`` the question's customer."""
+    sql = sql.format(week=agent.week, customer_id=customer_id)
     frame = agent.tools.results.query(sql)
     if frame.empty:
         raise ValueError(f"the figure query returned no row: {sql}")
@@ -70,8 +73,8 @@ def _scalar(agent: Agent, sql: str):
 
 
 def _metrics(agent: Agent, model: str) -> dict:
-    """metrics.json of the version that scored the week (predictions_final says which)."""
-    version = _scalar(agent, f"select max({model}_version) from predictions_final")
+    """metrics.json of the version that scored the week (the weekly_summary mart says which)."""
+    version = _scalar(agent, f"select {model}_version from weekly_summary where snapshot_week = date '{{week}}'")
     if version == "baseline":
         raise ValueError(f"{model} is served by its naive baseline this week: no metrics to check")
     return ModelRegistry(agent.tools.lake).metrics(model, str(version))
@@ -88,7 +91,7 @@ def expected_figure(agent: Agent, spec: dict, customer_id: str | None = None):
     elif "top_feature" in spec:
         return next(iter(_metrics(agent, spec["top_feature"])["importance_mean_abs_shap"]))
     elif "sql" in spec:
-        value = _scalar(agent, spec["sql"].format(customer_id=customer_id))
+        value = _scalar(agent, spec["sql"], customer_id)
         if isinstance(value, str):
             return value
     else:

@@ -68,13 +68,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # The dbt marts the agent may query: every one is PII-free by construction (identifiers are
-# dropped at ingest, see engagement_dagster.contract).
+# dropped at ingest, see engagement_dagster.contract). Each keeps every scored week (snapshot_week).
 RESULT_TABLES = (
     "predictions_final",
     "at_risk_customers",
     "high_engagement_customers",
     "churn_by_segment",
     "weekly_prediction_summary",
+    "weekly_summary",
 )
 
 MAX_SQL_CHARS = 20_000

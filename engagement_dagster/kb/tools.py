@@ -38,8 +38,8 @@ DETAIL_COLUMNS = (
     "churn_driver_3", "churn_driver_3_contribution", "churn_drivers_method", "churn_model_version",
     "tenure_months", "platform", "location",
 )
-MART_OF_DETAILS = "predictions_final"
-FEATURES_TABLE = "customer_model_input"
+MART_OF_DETAILS = "predictions_final"  # keeps every snapshot week: read the agent's week
+FEATURES_TABLE = "customer_model_input"  # a feature table: holds the week last materialized only
 
 
 class ToolRefused(ValueError):
@@ -49,8 +49,10 @@ class ToolRefused(ValueError):
 SPECS = (
     ToolSpec(
         name="query_results",
-        description=("Run one read-only SQL SELECT on the week's results tables (dbt marts: predictions_final, "
-                     "at_risk_customers, high_engagement_customers, churn_by_segment, weekly_prediction_summary). "
+        description=("Run one read-only SQL SELECT on the results tables (dbt marts: predictions_final, "
+                     "at_risk_customers, high_engagement_customers, churn_by_segment, weekly_prediction_summary, "
+                     "weekly_summary). Every mart keeps every scored week: filter on snapshot_week "
+                     "(e.g. snapshot_week = DATE '2026-11-16') for one week, or group by it for a trend. "
                      "One statement, allowed tables and columns only, at most 200 rows: aggregate with GROUP BY."),
         parameters={"type": "object", "properties": {"sql": {"type": "string", "description": "One SELECT"}},
                     "required": ["sql"]},
@@ -145,27 +147,44 @@ class Tools:
 
     # --- one customer
 
-    def _row(self, table: str, customer_id: str, columns: str = "*") -> pd.DataFrame:
-        """The customer's one row of ``table`` (as a one-row frame: the columns keep their types)."""
-        # The id matched CUSTOMER_ID (no quotes possible), so it can be inlined as a literal.
-        qualified = f'"{self.results.schema}"."{table}"'
-        frame = self.results.query(f"select {columns} from {qualified} where customer_id = '{customer_id}'")
+    def _qualified(self, table: str) -> str:
+        return f'"{self.results.schema}"."{table}"'
+
+    def _week_row(self, table: str, customer_id: str, columns: str = "*") -> pd.DataFrame:
+        """The customer's row of the agent's week in ``table``, a mart that keeps every week (as a one-row
+        frame: the columns keep their types)."""
+        # The id matched CUSTOMER_ID (no quotes possible) and the week is a date: both inline as literals.
+        frame = self.results.query(f"select {columns} from {self._qualified(table)} "
+                                   f"where customer_id = '{customer_id}' and snapshot_week = date '{self.week}'")
         if frame.empty:
-            raise ToolRefused(f"customer {customer_id} is not in {table} (the warehouse holds week "
-                              f"{self._warehouse_week()}): check the id")
-        week = str(_plain(frame["snapshot_week"].iloc[0]))[:10]
-        if week != self.week:
-            raise ToolRefused(f"the warehouse's {table} holds week {week}, not {self.week}: details and explanations "
-                              f"are for the week last materialized; ask with --week {week}")
+            held = self._weeks(table)
+            if self.week not in held:
+                raise ToolRefused(f"the warehouse's {table} holds no rows for week {self.week} (it holds "
+                                  f"{', '.join(held) or 'none'}): ask with --week and one of those")
+            raise ToolRefused(f"customer {customer_id} is not in {table} for week {self.week}: check the id")
         return frame.head(1).reset_index(drop=True)
 
-    def _warehouse_week(self) -> str:
-        frame = self.results.query(f'select max(snapshot_week) as w from "{self.results.schema}"."{MART_OF_DETAILS}"')
-        return str(_plain(frame.iloc[0, 0]))[:10]
+    def _weeks(self, table: str) -> list[str]:
+        frame = self.results.query(f"select distinct snapshot_week as w from {self._qualified(table)}")
+        return sorted(str(_plain(w))[:10] for w in frame["w"])
+
+    def _feature_row(self, customer_id: str) -> pd.DataFrame:
+        """The customer's model-input row. The feature table holds one week, the last materialized: a row
+        of another week than the agent's is refused, naming the week it holds."""
+        frame = self.results.query(f"select * from {self._qualified(FEATURES_TABLE)} "
+                                   f"where customer_id = '{customer_id}'")
+        if frame.empty:
+            raise ToolRefused(f"customer {customer_id} is not in {FEATURES_TABLE} (the warehouse holds the features "
+                              f"of week {', '.join(self._weeks(FEATURES_TABLE)) or 'none'}): check the id")
+        week = str(_plain(frame["snapshot_week"].iloc[0]))[:10]
+        if week != self.week:
+            raise ToolRefused(f"the warehouse's {FEATURES_TABLE} holds week {week}, not {self.week}: explanations "
+                              f"need the features of the week last materialized; ask with --week {week}")
+        return frame.head(1).reset_index(drop=True)
 
     def customer_details(self, customer_id: str) -> dict:
         customer_id = _customer_id(customer_id)
-        row = self._row(MART_OF_DETAILS, customer_id, ", ".join(DETAIL_COLUMNS)).iloc[0]
+        row = self._week_row(MART_OF_DETAILS, customer_id, ", ".join(DETAIL_COLUMNS)).iloc[0]
         return {"customer": {c: _rounded(row[c]) for c in DETAIL_COLUMNS}, "source": f"warehouse:{MART_OF_DETAILS}"}
 
     def explain_prediction(self, customer_id: str) -> dict:
@@ -173,13 +192,13 @@ class Tools:
         model-input row: each feature's contribution to the churn log-odds (before calibration)."""
         customer_id = _customer_id(customer_id)
         started = time.perf_counter()
-        scored = self._row(MART_OF_DETAILS, customer_id, "customer_id, snapshot_week, churn_probability, "
-                                                          "churn_model_version")
+        scored = self._week_row(MART_OF_DETAILS, customer_id, "customer_id, snapshot_week, churn_probability, "
+                                                               "churn_model_version")
         version = str(scored["churn_model_version"].iloc[0])
         if version == "baseline":
             raise ToolRefused("this week's churn probabilities come from the naive baseline (no churn model passed "
                               "the promotion gate), which gives every customer the base rate: there are no drivers")
-        features = self._row(FEATURES_TABLE, customer_id)
+        features = self._feature_row(customer_id)
         model = ModelRegistry(self.lake).load("churn_model", version)
         if not isinstance(model, ChurnModel):
             raise ToolRefused(f"churn_model {version} is not a tree model: it has no TreeSHAP explanation")

@@ -1,14 +1,14 @@
--- The week's customers joined to their predictions. PII-free: direct identifiers never reach
--- the lake, so none can appear here. Free-text columns go through spreadsheet_safe: the marts
--- are what analysts export.
+-- The week's customers joined to their predictions, one row per customer and snapshot week: each run
+-- replaces its week and keeps the others (macros/weekly_marts.sql). PII-free: direct identifiers never
+-- reach the lake, so none can appear here. Free-text columns go through spreadsheet_safe: the marts
+-- are what analysts export. snapshot_week comes last, as Athena wants a partition column.
 with predictions as (
     select * from {{ source('lake', 'customer_predictions') }}
-    where cast(snapshot_week as date) = cast('{{ env_var("ENGAGEMENT_SNAPSHOT_WEEK", var("snapshot_week")) }}' as date)
+    where cast(snapshot_week as date) = {{ snapshot_week_date() }}
 )
 
 select
     c.customer_id,
-    c.snapshot_week,
     c.gender,
     c.age,
     c.location,
@@ -31,12 +31,12 @@ select
     {{ spreadsheet_safe('p.recommended_category_1') }} as recommended_category_1,
     {{ spreadsheet_safe('p.recommended_category_2') }} as recommended_category_2,
     {{ spreadsheet_safe('p.recommended_category_3') }} as recommended_category_3,
-    p.churn_driver_1,
-    p.churn_driver_1_contribution,
-    p.churn_driver_2,
-    p.churn_driver_2_contribution,
-    p.churn_driver_3,
-    p.churn_driver_3_contribution,
+    {%- for i in range(1, 4) %}
+    p.churn_driver_{{ i }},
+    p.churn_driver_{{ i }}_contribution,
+    {{ churn_driver_direction('p.churn_driver_' ~ i, 'p.churn_driver_' ~ i ~ '_contribution') }}
+        as churn_driver_{{ i }}_direction,
+    {%- endfor %}
     p.churn_drivers_method,
     p.engagement_model_version,
     p.churn_model_version,
@@ -44,7 +44,8 @@ select
     p.segment_model_version,
     p.anomaly_model_version,
     p.content_recommender_version,
-    p.scored_at
+    p.scored_at,
+    c.snapshot_week
 from {{ ref('stg_customers') }} as c
 inner join predictions as p
     on c.customer_id = p.customer_id

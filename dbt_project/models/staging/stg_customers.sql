@@ -49,4 +49,4 @@ select
     cast(lifetime_value_usd as double) as lifetime_value_usd,
     content_category_primary
 from {{ source('lake', 'raw_customers') }}
-where cast(snapshot_week as date) = cast('{{ env_var("ENGAGEMENT_SNAPSHOT_WEEK", var("snapshot_week")) }}' as date)
+where cast(snapshot_week as date) = {{ snapshot_week_date() }}
