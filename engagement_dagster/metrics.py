@@ -22,6 +22,11 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 10) 
     return float(gap.sum() / max(counts.sum(), 1))
 
 
+def distinct_values(prob: np.ndarray) -> int:
+    """How many different probabilities a model gives: customers with the same one cannot be ranked."""
+    return len(np.unique(np.asarray(prob, float)))
+
+
 def lift_by_decile(y: np.ndarray, prob: np.ndarray) -> list[float]:
     """Churn rate in each predicted-risk decile (highest risk first) divided by the overall rate."""
     order = np.argsort(-np.asarray(prob), kind="stable")

@@ -163,13 +163,35 @@ class _XGBoostModel(ModelKind):
 
     def global_importance(self, frame: pd.DataFrame, rows: int = 1000) -> dict[str, float]:
         """Mean |exact SHAP| per feature on a sample, largest first."""
+        return {f: s["mean_abs"] for f, s in self.shap_summary(frame, rows).items()}
+
+    def shap_summary(self, frame: pd.DataFrame, rows: int = 1000) -> dict[str, dict]:
+        """Per feature, largest mean |exact SHAP| first, on a sample: the mean |contribution|, and, for a
+        single-output model, which way it pushes the prediction: the share of rows it raises and the
+        mean contribution when it raises / lowers it, and the rank correlation between the feature's
+        value and its contribution (None for a categorical feature or one that does not vary)."""
         sample = frame.sample(min(rows, len(frame)), random_state=SEED)
-        contrib = np.abs(self.contributions(sample, approximate=False))
-        if contrib.ndim == 3:  # multiclass: (rows, classes, features + 1)
-            contrib = contrib.sum(axis=1)
-        mean = contrib[:, :-1].mean(axis=0)
-        order = np.argsort(-mean)
-        return {self.spec.columns[i]: float(mean[i]) for i in order}
+        contrib = self.contributions(sample, approximate=False)
+        if contrib.ndim == 3:  # multiclass: (rows, classes, features + 1); a direction means nothing here
+            mean = np.abs(contrib).sum(axis=1)[:, :-1].mean(axis=0)
+            return {self.spec.columns[i]: {"mean_abs": float(mean[i])} for i in np.argsort(-mean)}
+        contrib = contrib[:, :-1]
+        mean = np.abs(contrib).mean(axis=0)
+        out = {}
+        for i in np.argsort(-mean):
+            column, values = self.spec.columns[i], contrib[:, i]
+            raising, lowering = values[values > 0], values[values < 0]
+            correlation = None
+            if column in self.spec.numeric:
+                feature = sample[column].astype("float64")
+                both = pd.DataFrame({"x": feature.to_numpy(), "c": values}).dropna()
+                if both["x"].nunique() > 1 and both["c"].nunique() > 1:
+                    correlation = float(both["x"].corr(both["c"], method="spearman"))
+            out[column] = {"mean_abs": float(mean[i]), "share_raising": float(len(raising) / len(values)),
+                           "mean_when_raising": float(raising.mean()) if len(raising) else 0.0,
+                           "mean_when_lowering": float(lowering.mean()) if len(lowering) else 0.0,
+                           "value_correlation": correlation}
+        return out
 
     def to_files(self) -> dict[str, bytes]:
         return {"model.ubj": _booster_bytes(self.booster), "features.json": self.spec.to_json().encode()}
@@ -238,29 +260,69 @@ class LtvModel(_XGBoostModel):
         return pd.DataFrame({"predicted_lifetime_value_usd": np.full(len(frame), params["median"])}, index=frame.index)
 
 
+# Within each fitted isotonic step, a probability moves with the booster's score at most this share of
+# the way toward the neighbouring steps' values (toward 0 and 1 beyond the first and last step).
+CALIBRATION_SPREAD = 0.25
+
+
+def fit_interpolated_isotonic(score: np.ndarray, label: np.ndarray,
+                              spread: float = CALIBRATION_SPREAD) -> tuple[list[float], list[float]]:
+    """Isotonic regression of `label` on `score`, kept as a strictly increasing piecewise-linear map.
+
+    Plain isotonic regression is a step function: every customer of a step gets the same probability
+    (a few dozen to a few hundred values in all), which throws away the booster's ranking inside a
+    step. Here each step of the fit spans the scores it pooled; its probability rises linearly across
+    that span, from `spread`/2 of the way down toward the step below to `spread`/2 of the way up
+    toward the step above, and between steps it rises linearly to the next step. A step's centre
+    keeps the isotonic value, so calibration is that of the isotonic fit (measured on test against
+    the plain steps in every churn report), and every distinct score keeps a distinct probability.
+    Returns the knots (score, probability), for ``np.interp``."""
+    score, label = np.asarray(score, dtype="float64"), np.asarray(label, dtype="float64")
+    fitted = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score, label).predict(score)
+    levels, step = np.unique(fitted, return_inverse=True)  # the steps' values, increasing
+    low, high = np.full(len(levels), np.inf), np.full(len(levels), -np.inf)
+    np.minimum.at(low, step, score)
+    np.maximum.at(high, step, score)
+    below, above = np.r_[0.0, levels[:-1]], np.r_[levels[1:], 1.0]
+    xs, ys = [], []
+    for value, start, end, down, up in zip(levels, low, high, below, above, strict=True):
+        if start == end:  # a step of one distinct score: one knot
+            xs.append(start)
+            ys.append(value)
+        else:
+            xs += [start, end]
+            ys += [value - spread * (value - down) / 2, value + spread * (up - value) / 2]
+    return [float(x) for x in xs], [float(y) for y in ys]
+
+
 class ChurnModel(_XGBoostModel):
     name = "churn_model"
     target = "churn_30_day"
     primary_metric, higher_is_better = "auc", True
     description = ("XGBoost binary classifier of 30-day churn (classes not rebalanced), probabilities "
-                   "calibrated by isotonic regression on the valid split.")
+                   "calibrated by isotonic regression on the valid split, interpolated within its steps so "
+                   "that customers keep their ranking.")
     params: ClassVar[dict] = {"objective": "binary:logistic", "eval_metric": "logloss", "eta": 0.1, "max_depth": 4}
+    # How a version's calibration.json maps the booster's output to a probability. Versions registered
+    # before interpolation hold plain isotonic steps on the booster's probability (no "method" key).
+    CALIBRATION_METHOD = "isotonic_interpolated"
 
-    def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None,
-                 calibration: tuple[list[float], list[float]] | None = None):
+    def __init__(self, spec: FeatureSpec, booster: xgb.Booster | None = None, calibration: dict | None = None):
         super().__init__(spec, booster)
         self.calibration = calibration
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> ChurnModel:
         super().fit(train, valid)
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        iso.fit(self.raw_predict(valid), self._label(valid))
-        self.calibration = (iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
+        x, y = fit_interpolated_isotonic(self.margin(valid), self._label(valid))
+        self.calibration = {"method": self.CALIBRATION_METHOD, "score": "margin", "spread": CALIBRATION_SPREAD,
+                            "x": x, "y": y}
         return self
 
     def probability(self, frame: pd.DataFrame) -> np.ndarray:
-        x, y = self.calibration
-        return np.interp(self.raw_predict(frame), x, y)
+        cal = self.calibration
+        if cal.get("score") == "margin":
+            return np.interp(self.margin(frame).astype("float64"), cal["x"], cal["y"])
+        return np.interp(self.raw_predict(frame), cal["x"], cal["y"])  # plain steps on the booster's probability
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({"churn_probability": self.probability(frame)}, index=frame.index)
@@ -281,14 +343,12 @@ class ChurnModel(_XGBoostModel):
         return pd.DataFrame({"churn_probability": np.full(len(frame), params["rate"])}, index=frame.index)
 
     def to_files(self) -> dict[str, bytes]:
-        x, y = self.calibration
-        return {**super().to_files(), "calibration.json": json.dumps({"x": x, "y": y}).encode()}
+        return {**super().to_files(), "calibration.json": json.dumps(self.calibration).encode()}
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> ChurnModel:
-        cal = json.loads(files["calibration.json"])
         return cls(FeatureSpec.from_json(files["features.json"].decode()), _booster_from(files["model.ubj"]),
-                   (cal["x"], cal["y"]))
+                   json.loads(files["calibration.json"]))
 
 
 class ContentRecommender(_XGBoostModel):
@@ -351,7 +411,7 @@ class ContentRecommender(_XGBoostModel):
                    json.loads(files["classes.json"]))
 
 
-# Behavioural dimensions a segment is described by, with the name a high value earns.
+# Behavioural dimensions a segment is described by, with the name a high value earns …
 SEGMENT_DIMENSIONS = {
     "log_weekly_minutes": "Heavy users",
     "log_total_connections": "Connectors",
@@ -362,6 +422,83 @@ SEGMENT_DIMENSIONS = {
     "log_revenue_90d": "Spenders",
     "premium_features_used_count": "Premium explorers",
 }
+# … and the activity it measures, for a low value ("Low spending") or a qualifier ("high posting").
+SEGMENT_ASPECTS = {
+    "log_weekly_minutes": "usage",
+    "log_total_connections": "connections",
+    "log_followers": "followers",
+    "posts_last_30_days": "posting",
+    "swipes_right_last_30_days": "dating",
+    "gig_applications_sent": "gig seeking",
+    "log_revenue_90d": "spending",
+    "premium_features_used_count": "premium use",
+}
+SEGMENT_MARKED_SD = 0.5  # a centroid coordinate a name may mention: at least this far from the mean
+SEGMENT_DORMANT_DIMENSIONS = 6  # low on at least this many dimensions (and high on none): "Dormant"
+SEGMENT_NAMING_RULE = (
+    f"Each segment is named from its centroid, in standard deviations (sd) from the training mean; a "
+    f"dimension counts when it is at least {SEGMENT_MARKED_SD} sd from the mean. If some dimensions are that "
+    f"far above the mean, the name is the highest one's (\"Spenders\"), with the second highest's after "
+    f"\"&\" (\"Daters & creators\"). If none is above but some are below, the name is \"Low\" and the "
+    f"lowest one's activity, with the second lowest's after \"&\" (\"Low spending & gig seeking\"), or "
+    f"\"Dormant\" when at least {SEGMENT_DORMANT_DIMENSIONS} of the {len(SEGMENT_DIMENSIONS)} dimensions are "
+    f"below. If none is {SEGMENT_MARKED_SD} sd away either way: \"Average users\". Two segments with the same "
+    f"name each get, in brackets, the furthest-from-the-mean dimension their name does not mention yet "
+    f"(\"Spenders (low posting)\"); identical centroids are numbered. So every word of a name is a dimension "
+    f"of its centroid, on the side the name says, and the strongest such dimensions are the ones named.")
+
+
+def segment_name(profile: dict[str, float]) -> tuple[str, list[dict]]:
+    """A segment's name from its centroid (dimension → z), by SEGMENT_NAMING_RULE, and the dimensions
+    it is named after (dimension, z, "high" or "low"), strongest first."""
+    high = sorted((d for d, z in profile.items() if z >= SEGMENT_MARKED_SD), key=lambda d: (-profile[d], d))
+    low = sorted((d for d, z in profile.items() if z <= -SEGMENT_MARKED_SD), key=lambda d: (profile[d], d))
+    if high:
+        named = high[:2]
+        name = " & ".join([SEGMENT_DIMENSIONS[named[0]]] + [SEGMENT_DIMENSIONS[d].lower() for d in named[1:]])
+    elif len(low) >= SEGMENT_DORMANT_DIMENSIONS:
+        named, name = low, "Dormant"
+    elif low:
+        named = low[:2]
+        name = "Low " + " & ".join(SEGMENT_ASPECTS[d] for d in named)
+    else:
+        named, name = [], "Average users"
+    return name, [{"dimension": d, "z": round(float(profile[d]), 2), "side": "high" if profile[d] > 0 else "low"}
+                  for d in named]
+
+
+def _qualifier(profile: dict[str, float], named: list[dict]) -> dict | None:
+    """The furthest-from-the-mean marked dimension a name does not mention yet."""
+    used = {n["dimension"] for n in named}
+    rest = sorted((d for d, z in profile.items() if d not in used and abs(z) >= SEGMENT_MARKED_SD),
+                  key=lambda d: (-abs(profile[d]), d))
+    if not rest:
+        return None
+    d = rest[0]
+    return {"dimension": d, "z": round(float(profile[d]), 2), "side": "high" if profile[d] > 0 else "low"}
+
+
+def segment_names(profiles: list[dict[str, float]]) -> list[tuple[str, list[dict]]]:
+    """Every segment's name and the dimensions it is named after; names are unique."""
+    named = [segment_name(p) for p in profiles]
+    for _ in range(len(SEGMENT_DIMENSIONS)):  # each pass qualifies the names that still collide
+        names = [n for n, _ in named]
+        clashes = [i for i, n in enumerate(names) if names.count(n) > 1]
+        if not clashes:
+            break
+        for i in clashes:
+            name, after = named[i]
+            extra = _qualifier(profiles[i], after)
+            if extra is None:
+                continue
+            words = f"{extra['side']} {SEGMENT_ASPECTS[extra['dimension']]}"
+            name = f"{name[:-1]}, {words})" if name.endswith(")") else f"{name} ({words})"
+            named[i] = (name, [*after, extra])
+    names = [n for n, _ in named]
+    for i, (name, after) in enumerate(named):  # identical centroids (nothing left to tell them apart)
+        if names.count(name) > 1:
+            named[i] = (f"{name} #{names[: i + 1].count(name)}", after)
+    return named
 
 
 def _sklearn_bytes(obj) -> bytes:
@@ -378,7 +515,7 @@ class SegmentModel(ModelKind):
     name = "segment_model"
     primary_metric, higher_is_better = "silhouette", True
     description = ("k-means on standardized behavioural features; k in 3..8 chosen by the highest "
-                   "silhouette score on a sample of the train split; each segment named from its profile.")
+                   "silhouette score on a sample of the train split; each segment named from its centroid.")
     k_range = range(3, 9)
 
     def __init__(self, spec: FeatureSpec, scaler=None, kmeans=None, names: list[str] | None = None,
@@ -408,30 +545,21 @@ class SegmentModel(ModelKind):
         best_k = max(scores, key=scores.get)
         self.kmeans = KMeans(best_k, n_init=4, random_state=SEED).fit(x)
         self.info.update({"k": best_k, "silhouette_by_k": scores})
-        self.names, self.profiles = self._describe(self.kmeans.cluster_centers_, np.bincount(self.kmeans.labels_))
+        self.names, self.profiles = self._describe(self.kmeans.cluster_centers_,
+                                                   np.bincount(self.kmeans.labels_, minlength=best_k))
         return self
 
     @staticmethod
     def _describe(centers: np.ndarray, sizes: np.ndarray) -> tuple[list[str], list[dict]]:
+        """Names (SEGMENT_NAMING_RULE) and profiles: share of the training sample, centroid (z), and the
+        dimensions each name stands for."""
         dims = list(SEGMENT_DIMENSIONS)
-        names, profiles = [], []
-        for center in centers:
-            order = np.argsort(-center)
-            if center[order[0]] < 0.25:
-                name = "Dormant" if center.mean() < -0.5 else "Casual"
-            else:
-                name = SEGMENT_DIMENSIONS[dims[order[0]]]
-                if center[order[1]] >= 0.25:
-                    name += " & " + SEGMENT_DIMENSIONS[dims[order[1]]].lower()
-            names.append(name)
-        for i, name in enumerate(names):  # keep names unique
-            if names.count(name) > 1:
-                names[i] = f"{name} {names[: i + 1].count(name)}"
+        z = [{d: round(float(v), 2) for d, v in zip(dims, center, strict=True)} for center in centers]
+        named = segment_names(z)
         total = sizes.sum()
-        for center, name, size in zip(centers, names, sizes, strict=True):
-            profiles.append({"name": name, "share": float(size / total),
-                             "profile_z": {d: round(float(v), 2) for d, v in zip(dims, center, strict=True)}})
-        return names, profiles
+        profiles = [{"name": name, "share": float(size / total), "profile_z": profile, "named_after": after}
+                    for (name, after), size, profile in zip(named, sizes, z, strict=True)]
+        return [p["name"] for p in profiles], profiles
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         labels = self.kmeans.predict(self._scaled(frame))

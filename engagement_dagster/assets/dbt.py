@@ -1,8 +1,17 @@
-"""The dbt models as Dagster assets, every dbt test shown as an asset check.
+"""The dbt models as Dagster assets, every dbt test shown as an asset check, every built model with
+its row counts.
 
 Two selections of one dbt project, because Python assets sit between them:
 `features` (staging → customer_features → customer_model_input) feeds the models;
 `scoring` (predictions_final, qa_review_sample, marts) reads the predictions they produce.
+
+Row counts: dagster-dbt's `fetch_row_counts()` counts through dbt's adapter in this process, which the
+project's dbt resource does not open (resources.DbtCoreCliResource: ~1.6 s per step, and with DuckDB
+that connection would hold the file the next dbt step must open), and it skips views. Here the
+warehouse resource counts once dbt has finished (DuckDB: one writer at a time; Athena: one query per
+dbt step). Like every partitioned asset of the graph, `dagster/row_count` (and
+`dagster/partition_row_count`) is the rows of the week that was built; the marts keep every week, and
+`rows_all_weeks` says how many they hold in all.
 """
 
 import os
@@ -49,19 +58,79 @@ def _explain(check: dg.AssetCheckResult, relation: str, warehouse: Warehouse) ->
         metadata={**(check.metadata or {}), "columns_out_of_range": summary})
 
 
+def _count_sql(unique_id: str, relation: str, week: str | None) -> str:
+    week_rows = (f"coalesce(sum(case when snapshot_week = cast('{week}' as date) then 1 else 0 end), 0)"
+                 if week else "null")
+    return f"select '{unique_id}' as unique_id, count(*) as table_rows, {week_rows} as week_rows from {relation}"
+
+
+def row_counts(warehouse: Warehouse, relations: Mapping[str, str], week: str) -> dict[str, dict[str, int]]:
+    """Rows of each built relation (unique_id → relation name) as metadata: the week's (Dagster's
+    row counts) and all weeks' (`rows_all_weeks`). One query for all of them (a `union all`, the same
+    SQL on DuckDB and Athena); a relation without a `snapshot_week` column gets its total only."""
+    if not relations:
+        return {}
+    try:
+        frames = [warehouse.query(" union all ".join(_count_sql(u, r, week) for u, r in relations.items()))]
+    except Exception:  # some relation has no snapshot_week column: one at a time
+        frames = []
+        for unique_id, relation in relations.items():
+            try:
+                frames.append(warehouse.query(_count_sql(unique_id, relation, week)))
+            except Exception:
+                frames.append(warehouse.query(_count_sql(unique_id, relation, None)))
+    counts = {}
+    for frame in frames:
+        for row in frame.to_dict("records"):
+            total, weekly = int(row["table_rows"]), row["week_rows"]
+            if weekly is None or weekly != weekly:  # null / NaN: no snapshot_week column
+                counts[row["unique_id"]] = {"dagster/row_count": total}
+            else:
+                weekly = int(weekly)
+                counts[row["unique_id"]] = {"dagster/row_count": weekly, "dagster/partition_row_count": weekly,
+                                            "rows_all_weeks": total}
+    return counts
+
+
+def _built_relations(events: list, manifest: Mapping[str, Any]) -> dict[str, str]:
+    relations = {}
+    for event in events:
+        if isinstance(event, (dg.Output, dg.AssetMaterialization)) and "unique_id" in (event.metadata or {}):
+            unique_id = event.metadata["unique_id"].value
+            relation = manifest["nodes"].get(unique_id, {}).get("relation_name")
+            if relation:
+                relations[unique_id] = relation
+    return relations
+
+
+def _with_row_counts(event, counts: Mapping[str, dict[str, int]]):
+    if isinstance(event, (dg.Output, dg.AssetMaterialization)) and "unique_id" in (event.metadata or {}):
+        found = counts.get(event.metadata["unique_id"].value)
+        if found:
+            return event.with_metadata({**event.metadata, **found})
+    return event
+
+
 def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     # dagster-dbt hands dbt a copy of os.environ: set the week there for this invocation only.
     previous = os.environ.get(SNAPSHOT_WEEK_ENV)
     os.environ[SNAPSHOT_WEEK_ENV] = context.partition_key
     stored = range_test_failure_relations(engagement_dbt.manifest_path)
-    held = []
+    held, events = [], []
     try:
         invocation = dbt.cli(["build"], context=context, raise_on_error=False)
         for event in invocation.stream():
             if isinstance(event, dg.AssetCheckResult) and not event.passed and event.check_name in stored:
                 held.append(event)  # read once dbt has let go of the warehouse (DuckDB: one writer)
             else:
-                yield event
+                events.append(event)  # yielded once the row counts are known (DuckDB: after dbt, again)
+        try:
+            counts = row_counts(warehouse, _built_relations(events, invocation.manifest), context.partition_key)
+        except Exception as exc:  # a count is information: never the reason a build fails
+            context.log.warning(f"row counts unavailable: {exc}")
+            counts = {}
+        for event in events:
+            yield _with_row_counts(event, counts)
         for check in held:
             yield _explain(check, stored[check.check_name], warehouse)
         if not invocation.is_successful():

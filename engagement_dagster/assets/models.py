@@ -37,7 +37,9 @@ GATE_DESCRIPTION = ("Promotes the challenger if it beats the naive baseline and 
                         kinds={"xgboost"} if name not in ("segment_model", "anomaly_model") else {"scikitlearn"},
                         partitions_def=weekly_partitions, skippable=True)
            for name, key in MODEL_KEYS.items()],
-    check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, description=GATE_DESCRIPTION)
+    # Partitioned like the models: each week's decision is recorded against that week.
+    check_specs=[dg.AssetCheckSpec("promotion_gate", asset=key, description=GATE_DESCRIPTION,
+                                   partitions_def=weekly_partitions)
                  for key in MODEL_KEYS.values()],
     can_subset=True,
     partitions_def=weekly_partitions,
@@ -84,35 +86,58 @@ def _train_one(name, parts, roles, oracle, registry, tolerance, week, log, threa
                         "comparing with the baseline only")
     rep["champion_on_this_test"] = champion_metrics
     decision = promotion_decision(type(model), rep["test"], rep["baseline"], champion_metrics, tolerance)
+    words = evaluation.decision_words(type(model), decision, (pointer or {}).get("version"))
+    rep["decision"] = words
     fingerprint = data_fingerprint(parts["train"])
-    card = evaluation.model_card(rep, decision, week, fingerprint)
+    card = evaluation.model_card(rep, decision, week, fingerprint, words)
     version = registry.register(model, rep, card, fingerprint)
     registry.register_baseline(NaiveBaseline.fit(name, parts["train"]))
     if decision.promote:
         registry.promote(name, version, decision)
     champion = version if decision.promote else (pointer or {}).get("version")
     serving = champion or NaiveBaseline.version
-    reason = decision.reason
     if not decision.promote:
-        reason += (f"; the champion {champion} keeps scoring" if champion else
-                   "; no champion yet: the naive baseline serves this week")
-        log.warning(f"{name}: {reason}")
-    materialization = dg.MaterializeResult(asset_key=key, metadata={
-        "version": version,
+        log.warning(f"{name}: {words}")
+    return _materialization(key, name, rep, words, decision, version, serving, card), _gate(key, words, decision,
+                                                                                              serving)
+
+
+def _materialization(key, name, rep, words, decision, version, serving, card) -> dg.MaterializeResult:
+    """What the asset's page shows: the decision in words, the short card inline, a few headline test
+    metrics rounded to 4 significant digits (numbers, so the UI plots them across runs; the registry's
+    metrics.json keeps full precision), the primary metric's baseline and oracle ceiling, and the full
+    card (behind a link in the UI: it is longer than what the UI shows inline)."""
+    primary = MODEL_KINDS[name].primary_metric
+    ceiling = (rep["oracle_ceiling"] or {}).get(primary)
+    metadata = {
+        "decision": words,
+        "model_card": dg.MetadataValue.md(evaluation.inline_card(rep, words)),
+        **{f"test_{m}": v for m, v in evaluation.headline(name, rep).items()},
+        f"baseline_{primary}": evaluation.round_sig(rep["baseline"][primary]),
+        **({f"oracle_{primary}": evaluation.round_sig(ceiling)} if ceiling is not None else {}),
         "promoted": decision.promote,
-        "champion_version": champion or "none",
         "serving": serving,
-        **{f"test_{m}": float(v) for m, v in rep["test"].items()},
-        **{f"baseline_{m}": float(v) for m, v in rep["baseline"].items()},
-        **{f"oracle_{m}": float(v) for m, v in (rep["oracle_ceiling"] or {}).items()},
-        **{k: float(v) for k, v in rep["fairness"].items()},
-        "model_card": dg.MetadataValue.md(card),
-    })
-    check = dg.AssetCheckResult(
-        asset_key=key, check_name="promotion_gate", passed=decision.promote, severity=dg.AssetCheckSeverity.WARN,
-        description=reason,
-        metadata={"serving": serving, "metric": decision.metric, "challenger": decision.challenger,
-                  "baseline": decision.baseline,
-                  "champion": decision.champion if decision.champion is not None else float("nan"),
-                  "tolerance": decision.tolerance})
-    return materialization, check
+        "version": version,
+        "test_rows": int(rep["rows"]["test"]),
+        "train_rows": int(rep["rows"]["train"]),
+    }
+    if rep.get("calibration"):
+        metadata["distinct_probabilities"] = int(rep["calibration"]["served"]["distinct_probabilities"])
+    if rep.get("segments"):
+        metadata["segments"] = dg.MetadataValue.md("\n".join(
+            ["| segment | share of training rows | named after |", "|---|---|---|",
+             *(f"| {s['name']} | {s['share']:.1%} | "
+               + (", ".join(f"{n['dimension']} {n['z']:+.2f} sd" for n in s["named_after"]) or "–") + " |"
+               for s in rep["segments"])]))
+    metadata["full_model_card"] = dg.MetadataValue.md(card)
+    return dg.MaterializeResult(asset_key=key, metadata=metadata)
+
+
+def _gate(key, words, decision, serving) -> dg.AssetCheckResult:
+    metadata = {"serving": serving, "metric": decision.metric,
+                "challenger": evaluation.round_sig(decision.challenger),
+                "baseline": evaluation.round_sig(decision.baseline), "tolerance": decision.tolerance}
+    if decision.champion is not None:
+        metadata["champion"] = evaluation.round_sig(decision.champion)
+    return dg.AssetCheckResult(asset_key=key, check_name="promotion_gate", passed=decision.promote,
+                               severity=dg.AssetCheckSeverity.WARN, description=words, metadata=metadata)
