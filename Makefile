@@ -10,7 +10,10 @@ export ENGAGEMENT_LAKE_DIR ?= $(abspath .lake)
 STAMP := $(VENV)/.installed
 MANIFEST := dbt_project/target/manifest.json
 CUSTOMERS ?= 100000
+# `make run`: WEEKS weeks of history ending at WEEK (default: the last closed week), run oldest first
+# as one backfill of the weekly_refresh job; the partitions start at ENGAGEMENT_FIRST_WEEK.
 WEEK ?=
+WEEKS ?= 4
 
 .PHONY: setup run test browser postgres ui bench eval-kb manifest clean
 
@@ -32,7 +35,7 @@ manifest: $(STAMP)
 
 run: setup
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/python -m engagement_dagster.cli run --customers $(CUSTOMERS) $(if $(WEEK),--week $(WEEK))
+	$(BIN)/python -m engagement_dagster.cli run --customers $(CUSTOMERS) --weeks $(WEEKS) $(if $(WEEK),--week $(WEEK))
 
 test: setup browser postgres
 	$(BIN)/ruff check engagement_dagster tests
@@ -68,9 +71,23 @@ eval-kb: setup
 	test -f $(ENGAGEMENT_LAKE_DIR)/warehouse.duckdb || $(MAKE) run
 	$(BIN)/python -m engagement_dagster.kb.evaluate $(if $(WEEK),--week $(WEEK))
 
+# dbt's documentation site for the local target: every model and column described, the lineage graph,
+# and the warehouse's catalog (column types, row counts) when a warehouse is there. `make docs-serve`
+# serves it on 127.0.0.1:8080; static_index.html is the same site in one file.
+DBT_DOCS := dbt_project/target-docs
+.PHONY: docs docs-serve
+docs: setup
+	cd dbt_project && $(BIN)/dbt docs generate --target local --profiles-dir . --target-path target-docs --static \
+	  $(if $(wildcard $(ENGAGEMENT_LAKE_DIR)/warehouse.duckdb),,--empty-catalog)
+	@echo "dbt docs: $(abspath $(DBT_DOCS))/index.html (one file: $(abspath $(DBT_DOCS))/static_index.html)"
+
+docs-serve: docs
+	cd dbt_project && $(BIN)/dbt docs serve --profiles-dir . --target-path target-docs --host 127.0.0.1 --port 8080 \
+	  --no-browser
+
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -m engagement_dagster.definitions -h 127.0.0.1 -p 3000
+	$(BIN)/python -m engagement_dagster.ui --host 127.0.0.1 --port 3000
 
 clean:
-	rm -rf .lake .lake-bench .bench-data .dagster_home dbt_project/target dbt_project/target-bench dbt_project/logs
+	rm -rf .lake .lake-bench .bench-data .dagster_home dbt_project/target dbt_project/target-bench dbt_project/target-docs dbt_project/logs

@@ -18,7 +18,8 @@ def test_definitions_load_with_groups_as_key_prefixes():
             "models/segment_model", "models/anomaly_model", "models/content_recommender",
             "scoring/customer_predictions", "scoring/predictions_final", "scoring/qa_review_sample",
             "scoring/at_risk_customers", "scoring/high_engagement_customers", "scoring/churn_by_segment",
-            "scoring/weekly_prediction_summary", "knowledge_base/kb_documents", "knowledge_base/kb_index"} == keys
+            "scoring/weekly_prediction_summary", "scoring/weekly_summary", "knowledge_base/kb_documents",
+            "knowledge_base/kb_index"} == keys
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         if node.is_materializable:

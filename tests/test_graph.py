@@ -38,7 +38,7 @@ def test_the_whole_refresh(refreshed, lake):
     assert {f"models/{name}" for name in MODEL_KINDS} | {
         "scoring/customer_predictions", "scoring/predictions_final", "scoring/qa_review_sample",
         "scoring/at_risk_customers", "scoring/high_engagement_customers", "scoring/churn_by_segment",
-        "scoring/weekly_prediction_summary"} <= built
+        "scoring/weekly_prediction_summary", "scoring/weekly_summary"} <= built
     gates = {c.asset_key.path[-1]: c.passed for c in result.get_asset_check_evaluations()
              if c.check_name == "promotion_gate"}
     assert gates == {name: True for name in MODEL_KINDS}  # first versions beat their baselines
@@ -64,6 +64,8 @@ def test_the_whole_refresh(refreshed, lake):
     assert query(lake_dir, "select engagement_quartile, count(*) from qa_review_sample group by 1 order by 1") == [
         (1, 100), (2, 100), (3, 100), (4, 100)]
     assert query(lake_dir, "select count(*) from weekly_prediction_summary") == [(1,)]
+    assert query(lake_dir, "select customers, at_risk_customers = (select count(*) from at_risk_customers) "
+                           "from weekly_summary") == [(N, True)]
     segments = query(lake_dir, "select count(*), sum(customers) from churn_by_segment")[0]
     assert segments[1] == N and 3 <= segments[0] <= 8
     risky = query(lake_dir, "select count(*), min(churn_probability), count(distinct churn_drivers_method) "
