@@ -26,6 +26,18 @@ QUERY = """
 """
 
 
+def serving(url: str, seconds: float) -> bool:
+    """Whether the Dagster webserver at ``url`` answers /server_info within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
     with socket.socket() as sock:
@@ -40,14 +52,7 @@ def webserver(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
+        if not serving(url, 120):
             pytest.fail("dagster-webserver did not answer within 120 s")
         yield url
     finally:
@@ -155,14 +160,7 @@ def test_make_ui_serves_and_stops_within_seconds(tmp_path, stop_signal):
                                    cwd=PROJECT_ROOT, env={**os.environ, "DAGSTER_HOME": str(home)},
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
+        if not serving(f"http://127.0.0.1:{port}", 180):
             pytest.fail(f"make ui did not answer within 180 s:\n{log.read_text()[-3000:]}")
         stopped_at = time.monotonic()
         process.send_signal(stop_signal)
