@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml
 
 # dagster-dbt reads dbt's manifest at import time: build it before anything loads the definitions.
 $(MANIFEST): $(STAMP) $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v target/)
-	$(BIN)/dagster-dbt project prepare-and-package --file engagement_dagster/dbt_project.py
+	$(BIN)/dagster-dbt project prepare-and-package --file engagement_dagster/defs/dbt/project.py
 	touch $@
 
 manifest: $(STAMP)
-	$(BIN)/dagster-dbt project prepare-and-package --file engagement_dagster/dbt_project.py
+	$(BIN)/dagster-dbt project prepare-and-package --file engagement_dagster/defs/dbt/project.py
 
 run: setup
 	mkdir -p $(DAGSTER_HOME)
@@ -69,7 +69,7 @@ bench: $(STAMP)
 # BM25, embeddings and hybrid; figures in the offline answers; latency. Runs the week first if none is there.
 eval-kb: setup
 	test -f $(ENGAGEMENT_LAKE_DIR)/warehouse.duckdb || $(MAKE) run
-	$(BIN)/python -m engagement_dagster.kb.evaluate $(if $(WEEK),--week $(WEEK))
+	$(BIN)/python -m engagement_dagster.core.kb.evaluate $(if $(WEEK),--week $(WEEK))
 
 # dbt's documentation site for the local target: every model and column described, the lineage graph,
 # and the warehouse's catalog (column types, row counts) when a warehouse is there. `make docs-serve`

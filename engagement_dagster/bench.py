@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 STAGES = {
     "ingest__raw_customers": "ingest (generate + validate + write)",
@@ -79,7 +79,7 @@ def bench(customers: int, repeat: int) -> list[dict]:
         (workdir / "dagster_home").mkdir()
         if not runs:  # setup, untimed: the manifest for this lake (what `make setup` does)
             subprocess.run([str(Path(sys.executable).parent / "dagster-dbt"), "project", "prepare-and-package",
-                            "--file", "engagement_dagster/dbt_project.py"], cwd=PROJECT_ROOT, env=env, check=True,
+                            "--file", "engagement_dagster/defs/dbt/project.py"], cwd=PROJECT_ROOT, env=env, check=True,
                            stdout=subprocess.DEVNULL)
         runs.append(_run_once(customers, env, workdir))
         shutil.rmtree(workdir, ignore_errors=True)
@@ -113,7 +113,7 @@ def _ingest_csv(rows: int) -> Path:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from engagement_dagster.generator import generate_chunks
+    from engagement_dagster.core.data.generator import generate_chunks
 
     path = PROJECT_ROOT / ".bench-data" / f"customers_{rows}.csv"
     if path.exists():
@@ -133,12 +133,12 @@ def _ingest_csv(rows: int) -> Path:
 
 def _ingest_child(csv_path: str, out_dir: str) -> None:
     """Runs in its own process: the ingest as `raw_customers` does it, timed."""
-    from engagement_dagster import ingest
+    from engagement_dagster.core.data import snapshot
 
     started = time.perf_counter()
-    result = ingest.ingest_source(csv_path, Path(out_dir) / "customers.parquet")
+    result = snapshot.ingest_source(csv_path, Path(out_dir) / "customers.parquet")
     validated = time.perf_counter() - started
-    ingest.profile(Path(out_dir) / "customers.parquet")
+    snapshot.profile(Path(out_dir) / "customers.parquet")
     print(json.dumps({"rows": result.rows, "validate_write_seconds": validated,
                       "total_seconds": time.perf_counter() - started}))
 

@@ -24,7 +24,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from engagement_dagster.settings import PROJECT_ROOT, environment, warehouse_path, where_things_are
+from engagement_dagster.core.settings import PROJECT_ROOT, environment, warehouse_path, where_things_are
 
 if TYPE_CHECKING:  # Dagster is imported where a command needs it: `ask` runs without it
     import dagster as dg
@@ -162,7 +162,7 @@ class WeeklyRefresh:
 def history(last: str | None, weeks: int) -> tuple[list[str], str | None]:
     """`weeks` consecutive weeks ending at `last` (default: the last closed week), oldest first, from
     the partitions' first week at the earliest; and a note when that leaves fewer weeks than asked."""
-    from engagement_dagster.partitions import FIRST_WEEK_ENV, weekly_partitions
+    from engagement_dagster.defs.partitions import FIRST_WEEK_ENV, weekly_partitions
 
     if weeks < 1:
         raise UsageError(f"--weeks {weeks}: give 1 or more weeks")
@@ -204,12 +204,10 @@ def step_seconds(result) -> dict[str, float]:
 
 def run(week: str | None, n_customers: int, source: str | None, seed: int, timings_json: str | None = None,
         weeks: int = 1) -> int:
-    import warnings
-
     import dagster as dg
 
-    for category in (dg.BetaWarning, dg.PreviewWarning):  # Dagster's own API notes, not the user's business
-        warnings.filterwarnings("ignore", category=category)
+    import engagement_dagster.defs  # noqa: F401  (silences Dagster's Beta/Preview notes before anything loads)
+
     # Runs land in the instance `make ui` opens, whether or not DAGSTER_HOME was set; it gets its
     # dagster.yaml, so Dagster does not warn that there is none.
     from engagement_dagster.ui import instance_home
@@ -353,7 +351,7 @@ def summary(result: RunResult | dg.ExecuteInProcessResult, week: str, elapsed: f
             steps: dict[str, float]) -> str:
     import dagster as dg
 
-    from engagement_dagster.training import MODEL_KINDS
+    from engagement_dagster.core.ml.training import MODEL_KINDS
     materialized = result.get_asset_materialization_events()
     checks = result.get_asset_check_evaluations()
     failed = [c for c in checks if not c.passed]
@@ -443,10 +441,10 @@ def _dbt_row_counts(asset_keys: list[str], week: str) -> dict[str, int]:
     week: a table with a snapshot_week column is counted for this week only."""
     if environment() != "local" or not warehouse_path().exists():
         return {}
-    import duckdb
+    from engagement_dagster.core.storage.warehouse import connect
 
     counts = {}
-    with duckdb.connect(str(warehouse_path()), read_only=True) as con:
+    with connect(warehouse_path()) as con:
         tables = {name for (name,) in con.execute(
             "select table_name from information_schema.tables where table_schema = 'main'").fetchall()}
         weekly = {name for (name,) in con.execute(
@@ -478,16 +476,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="write today's graph as a Step Functions state machine + weekly rule (deploy/step_functions/)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "ask":
-        from engagement_dagster.kb.ask import ask_main
+        from engagement_dagster.core.kb.ask import ask_main
 
         return ask_main(rest)
     if args.command == "export-sfn":
-        import warnings
-
-        import dagster as dg
-
-        for category in (dg.BetaWarning, dg.PreviewWarning):  # Dagster's own API notes, not the user's business
-            warnings.filterwarnings("ignore", category=category)
         from engagement_dagster.export.step_functions import export_sfn_main
 
         return export_sfn_main(rest)

@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from engagement_dagster.assets.dbt import dbt_features, dbt_scoring
-from engagement_dagster.assets.ingest import raw_customers
-from engagement_dagster.assets.kb import kb_documents, kb_index
-from engagement_dagster.assets.models import train_models
-from engagement_dagster.assets.scoring import customer_predictions
-from engagement_dagster.deploy_sizes import validate_ecs_run_tags
-from engagement_dagster.partitions import weekly_partitions
-from engagement_dagster.resources import build_resources
+from engagement_dagster.core.deploy_sizes import validate_ecs_run_tags
+from engagement_dagster.defs.dbt.assets import dbt_features, dbt_scoring
+from engagement_dagster.defs.ingest.assets import raw_customers
+from engagement_dagster.defs.kb.assets import kb_documents, kb_index
+from engagement_dagster.defs.models.assets import train_models
+from engagement_dagster.defs.partitions import weekly_partitions
+from engagement_dagster.defs.resources import build_resources
+from engagement_dagster.defs.scoring.assets import customer_predictions
 
 # Fargate size for the heavy work: 16 vCPU / 64 GB. Run-level tags, because the EcsRunLauncher
 # does not read ECS tags from single assets.

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 GRACE_SECONDS = 10.0
 INSTANCE_YAML = """# The local Dagster instance of `make run` and `make ui`: runs, events and schedules in SQLite

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from engagement_dagster.lake import LocalLake
+from engagement_dagster.defs.resources.lake import LocalLake
 
 
 @pytest.fixture
@@ -31,12 +31,12 @@ def model_input(tmp_path_factory):
 
     import dagster as dg
 
-    from engagement_dagster.assets.dbt import dbt_features
-    from engagement_dagster.assets.ingest import raw_customers
-    from engagement_dagster.dbt_project import engagement_dbt
-    from engagement_dagster.feature_roles import MODEL_INPUT, read_roles
-    from engagement_dagster.ingest import oracle_key
-    from engagement_dagster.resources import build_resources
+    from engagement_dagster.core.data.snapshot import oracle_key
+    from engagement_dagster.core.ml.feature_roles import MODEL_INPUT, read_roles
+    from engagement_dagster.defs.dbt.assets import dbt_features
+    from engagement_dagster.defs.dbt.project import engagement_dbt
+    from engagement_dagster.defs.ingest.assets import raw_customers
+    from engagement_dagster.defs.resources import build_resources
 
     root = tmp_path_factory.mktemp("model_lake")
     saved = os.environ.get("ENGAGEMENT_LAKE_DIR")
@@ -59,7 +59,7 @@ def model_input(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(model_input):
     """All six models fitted once on the 30,000-customer snapshot."""
-    from engagement_dagster.training import MODEL_KINDS, new_model, splits
+    from engagement_dagster.core.ml.training import MODEL_KINDS, new_model, splits
 
     frame, roles, _ = model_input
     parts = splits(frame, roles)
@@ -101,9 +101,9 @@ def kb_weeks(tmp_path_factory):
     week's result, the re-materialization's result, the index files before it)."""
     import dagster as dg
 
-    from engagement_dagster.assets.kb import kb_index
     from engagement_dagster.definitions import defs
-    from engagement_dagster.resources import build_resources
+    from engagement_dagster.defs.kb.assets import kb_index
+    from engagement_dagster.defs.resources import build_resources
 
     root = tmp_path_factory.mktemp("kb_lake")
     with pytest.MonkeyPatch.context() as patch:

@@ -10,7 +10,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 from tests.conftest import KB_WEEKS
 
 PAGE = PROJECT_ROOT / "docs" / "analysts.md"

@@ -12,7 +12,7 @@ import boto3
 import sqlglot
 from sqlglot import exp
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 # Trino functions sqlglot does not model; anything else unknown is probably DuckDB-only.
 TRINO_FUNCTIONS_UNKNOWN_TO_SQLGLOT = {"to_milliseconds"}
@@ -96,7 +96,7 @@ def _write_week(lake: Path, week: str, churn: float | None) -> None:
     import numpy as np
     import pandas as pd
 
-    from engagement_dagster.generator import generate_snapshot
+    from engagement_dagster.core.data.generator import generate_snapshot
 
     customers = generate_snapshot(MART_CUSTOMERS, week).customers
     raw = lake / "raw" / "customers" / f"snapshot_week={week}"

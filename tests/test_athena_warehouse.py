@@ -6,7 +6,7 @@ import urllib.request
 import boto3
 import pandas as pd
 
-from engagement_dagster.warehouse import AthenaWarehouse
+from engagement_dagster.defs.resources.warehouse import AthenaWarehouse
 
 COLUMNS = [("customer_id", "varchar"), ("churn_probability", "double"), ("segment_id", "integer"),
            ("is_anomaly", "boolean"), ("snapshot_week", "date"), ("segment", "varchar")]

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 DOCKERFILE = PROJECT_ROOT / "containers" / "Dockerfile"
 ENTRYPOINT = PROJECT_ROOT / "containers" / "entrypoint.sh"

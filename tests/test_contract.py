@@ -3,9 +3,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engagement_dagster.contract import CONTRACT_COLUMNS, PII_COLUMNS, ContractViolation
-from engagement_dagster.generator import generate_snapshot
-from engagement_dagster.ingest import ingest_source
+from engagement_dagster.core.data.contract import CONTRACT_COLUMNS, PII_COLUMNS, ContractViolation
+from engagement_dagster.core.data.generator import generate_snapshot
+from engagement_dagster.core.data.snapshot import ingest_source
 
 
 def prepare_snapshot(path: str):

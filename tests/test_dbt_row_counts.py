@@ -6,10 +6,10 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from engagement_dagster.assets.dbt import dbt_features, row_counts
-from engagement_dagster.assets.ingest import raw_customers
-from engagement_dagster.resources import build_resources
-from engagement_dagster.warehouse import DuckDBWarehouse, Warehouse
+from engagement_dagster.defs.dbt.assets import dbt_features, row_counts
+from engagement_dagster.defs.ingest.assets import raw_customers
+from engagement_dagster.defs.resources import build_resources
+from engagement_dagster.defs.resources.warehouse import DuckDBWarehouse, Warehouse
 
 WEEK = "2026-11-09"
 

@@ -5,8 +5,8 @@ import sys
 
 import dagster as dg
 
+from engagement_dagster.core.settings import PROJECT_ROOT
 from engagement_dagster.definitions import defs
-from engagement_dagster.settings import PROJECT_ROOT
 
 
 def test_definitions_load_with_groups_as_key_prefixes():
@@ -52,9 +52,9 @@ def test_weekly_schedule_runs_monday_0600_utc_for_the_closed_week():
 def test_environment_switch_picks_the_lake(monkeypatch):
     import pytest
 
-    from engagement_dagster.lake import LocalLake, S3Lake
-    from engagement_dagster.resources import build_resources
-    from engagement_dagster.settings import AWS_SETTINGS, MissingSettings
+    from engagement_dagster.core.settings import AWS_SETTINGS, MissingSettings
+    from engagement_dagster.defs.resources import build_resources
+    from engagement_dagster.defs.resources.lake import LocalLake, S3Lake
 
     for name in AWS_SETTINGS:
         monkeypatch.delenv(name, raising=False)
@@ -70,7 +70,7 @@ def test_environment_switch_picks_the_lake(monkeypatch):
     local = build_resources("local")
     assert isinstance(local["lake"], LocalLake) and local["dbt"].target == "local"
     monkeypatch.setenv("ENGAGEMENT_ENV", "gcp")
-    from engagement_dagster.settings import environment
+    from engagement_dagster.core.settings import environment
 
     with pytest.raises(ValueError, match="ENGAGEMENT_ENV"):
         environment()
@@ -99,7 +99,7 @@ def test_dagster_and_dg_clis_validate_the_code_location(tmp_path):
 
 
 def test_the_run_summary_names_s3_and_glue_in_aws_mode(monkeypatch):
-    from engagement_dagster.settings import AWS_SETTINGS, where_things_are
+    from engagement_dagster.core.settings import AWS_SETTINGS, where_things_are
 
     for name in AWS_SETTINGS:
         monkeypatch.setenv(name, name.lower())

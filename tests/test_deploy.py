@@ -20,7 +20,7 @@ from dagster_aws.ecs import EcsRunLauncher
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_postgres import DagsterPostgresStorage
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 DAGSTER_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
 WORKSPACE_YAML = PROJECT_ROOT / "deploy" / "workspace.yaml"
@@ -137,7 +137,7 @@ def test_every_env_var_the_instance_reads_reaches_the_run_task(instance_yaml):
     assert read - bare == {"DAGSTER_PG_PASSWORD"}
     assert not any(entry.startswith("DAGSTER_PG_PASSWORD") for entry in env_vars)
     assert "ENGAGEMENT_ENV=aws" in env_vars
-    from engagement_dagster.settings import AWS_SETTINGS
+    from engagement_dagster.core.settings import AWS_SETTINGS
 
     assert set(AWS_SETTINGS) <= bare  # what ENGAGEMENT_ENV=aws refuses to start without
 

@@ -3,13 +3,13 @@
 import pytest
 import yaml
 
-from engagement_dagster.deploy_sizes import (
+from engagement_dagster.core.deploy_sizes import (
     FARGATE_SIZES,
     fargate_memory_values,
     validate_ecs_run_tags,
     validate_fargate_size,
 )
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 
 def test_the_table_is_the_documented_one():

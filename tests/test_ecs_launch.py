@@ -48,7 +48,7 @@ import boto3
 import pytest
 import yaml
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
 LOCATION = "engagement_dagster"

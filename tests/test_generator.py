@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engagement_dagster.contract import CONTRACT_COLUMNS
-from engagement_dagster.generator import BLOCK, generate_chunks, generate_snapshot, week_index
+from engagement_dagster.core.data.contract import CONTRACT_COLUMNS
+from engagement_dagster.core.data.generator import BLOCK, generate_chunks, generate_snapshot, week_index
 
 WEEK, NEXT_WEEK = "2026-11-09", "2026-11-16"
 
@@ -71,7 +71,7 @@ def test_snapshot_week_must_be_a_monday():
 
 
 def test_written_snapshot_is_the_generated_one(tmp_path):
-    from engagement_dagster.generator import write_snapshot
+    from engagement_dagster.core.data.generator import write_snapshot
 
     n = BLOCK + 1_000
     rows = write_snapshot(n, WEEK, tmp_path / "c.parquet", tmp_path / "t.parquet", seed=5)

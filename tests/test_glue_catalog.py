@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engagement_dagster.assets.ingest import raw_customers
-from engagement_dagster.catalog import GlueCatalog, glue_columns, glue_type
-from engagement_dagster.ingest import RAW_TABLE, raw_key
-from engagement_dagster.resources import build_resources
+from engagement_dagster.core.data.snapshot import RAW_TABLE, raw_key
+from engagement_dagster.defs.ingest.assets import raw_customers
+from engagement_dagster.defs.resources import build_resources
+from engagement_dagster.defs.resources.catalog import GlueCatalog, glue_columns, glue_type
 
 WEEK_1, WEEK_2 = "2026-11-02", "2026-11-09"
 

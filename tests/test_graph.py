@@ -7,11 +7,11 @@ import dagster as dg
 import duckdb
 import pytest
 
-from engagement_dagster.assets.dbt import dbt_scoring
 from engagement_dagster.cli import summary
+from engagement_dagster.core.ml.training import MODEL_KINDS
 from engagement_dagster.definitions import defs
-from engagement_dagster.resources import build_resources
-from engagement_dagster.training import MODEL_KINDS
+from engagement_dagster.defs.dbt.assets import dbt_scoring
+from engagement_dagster.defs.resources import build_resources
 
 WEEK = "2026-11-09"
 N = 4_000
@@ -96,8 +96,8 @@ def test_qa_sample_is_deterministic(refreshed):
 def test_a_refused_challenger_warns_and_the_champions_keep_scoring(refreshed, lake):
     """A challenger that beats the baseline but not the champion is refused with a warning, not an
     error: the champion stays and this week's predictions are still made, by the champions."""
-    from engagement_dagster.assets.models import train_models
-    from engagement_dagster.assets.scoring import customer_predictions
+    from engagement_dagster.defs.models.assets import train_models
+    from engagement_dagster.defs.scoring.assets import customer_predictions
 
     first, _ = refreshed
     assert first.success
@@ -121,9 +121,9 @@ def test_churn_on_its_naive_baseline_still_scores_everyone_and_builds_the_marts(
     """Churn without a champion (say, a first week whose challenger failed the gate) is served by
     the training churn rate: every customer still gets a row, the marts and their tests pass, and
     the at-risk list, which needs a churn model to single anyone out, is empty."""
-    from engagement_dagster.assets.scoring import customer_predictions
-    from engagement_dagster.registry import ModelRegistry
-    from engagement_dagster.training import NaiveBaseline
+    from engagement_dagster.core.ml.registry import ModelRegistry
+    from engagement_dagster.core.ml.training import NaiveBaseline
+    from engagement_dagster.defs.scoring.assets import customer_predictions
 
     first, lake_dir = refreshed
     assert first.success

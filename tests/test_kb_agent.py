@@ -14,11 +14,11 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from engagement_dagster.kb import agent as kb_agent
-from engagement_dagster.kb import llm
-from engagement_dagster.kb.tools import ToolRefused
-from engagement_dagster.results import Results, duckdb_query
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.kb import agent as kb_agent
+from engagement_dagster.core.kb import llm
+from engagement_dagster.core.kb.tools import ToolRefused
+from engagement_dagster.core.settings import PROJECT_ROOT
+from engagement_dagster.core.storage.warehouse import Results, duckdb_query
 from tests.conftest import KB_WEEKS
 from tests.fake_chat import FakeChatServer, completion
 
@@ -224,7 +224,7 @@ def test_the_cli_answers_offline_as_json_and_refuses_in_one_line(week):
 
 
 def test_the_agent_imports_no_dagster():
-    code = ("import sys; import engagement_dagster.kb.agent, engagement_dagster.kb.ask; "
+    code = ("import sys; import engagement_dagster.core.kb.agent, engagement_dagster.core.kb.ask; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dagster', 'dagster_dbt', 'dbt'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,8 +12,8 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from engagement_dagster.kb import documents
-from engagement_dagster.kb.bedrock import (
+from engagement_dagster.core.kb import documents
+from engagement_dagster.core.kb.bedrock import (
     BedrockKnowledgeBase,
     IngestionFailed,
     KnowledgeBaseError,
@@ -21,8 +21,8 @@ from engagement_dagster.kb.bedrock import (
     retrieve,
     target_from_settings,
 )
-from engagement_dagster.kb.index import Passage
-from engagement_dagster.lake import LocalLake
+from engagement_dagster.core.kb.index import Passage
+from engagement_dagster.defs.resources.lake import LocalLake
 
 WEEK = "2026-11-09"
 PREFIX = f"kb/snapshot_week={WEEK}/"  # the documents (the data source's inclusion prefix is kb/)
@@ -335,9 +335,9 @@ def test_the_kb_index_asset_publishes_the_week_to_bedrock_on_aws(aws_endpoint, m
 
     import dagster as dg
 
-    from engagement_dagster.assets import kb as kb_assets
-    from engagement_dagster.kb import bedrock
-    from engagement_dagster.lake import S3Lake
+    from engagement_dagster.core.kb import bedrock
+    from engagement_dagster.defs.kb import assets as kb_assets
+    from engagement_dagster.defs.resources.lake import S3Lake
 
     s3 = boto3.client("s3", endpoint_url=aws_endpoint)
     lake_bucket, kb_bucket = f"lake-{uuid.uuid4().hex[:12]}", f"kb-{uuid.uuid4().hex[:12]}"

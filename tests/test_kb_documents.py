@@ -15,14 +15,14 @@ import duckdb
 import pytest
 import yaml
 
-from engagement_dagster.assets.kb import KB_DOCUMENTS, kb_documents
-from engagement_dagster.dbt_project import engagement_dbt
+from engagement_dagster.core.kb import documents
+from engagement_dagster.core.ml.feature_roles import MODEL_INPUT
+from engagement_dagster.core.ml.training import MODEL_KINDS
 from engagement_dagster.definitions import defs
-from engagement_dagster.feature_roles import MODEL_INPUT
-from engagement_dagster.kb import documents
-from engagement_dagster.lake import LocalLake
-from engagement_dagster.resources import build_resources
-from engagement_dagster.training import MODEL_KINDS
+from engagement_dagster.defs.dbt.project import engagement_dbt
+from engagement_dagster.defs.kb.assets import KB_DOCUMENTS, kb_documents
+from engagement_dagster.defs.resources import build_resources
+from engagement_dagster.defs.resources.lake import LocalLake
 
 WEEK1, WEEK2 = "2026-11-09", "2026-11-16"
 N = 4_000
@@ -162,7 +162,7 @@ def _doc(files: dict[str, bytes], week: str, doc_id: str) -> tuple[dict, str, di
 
 
 def test_the_plain_module_imports_no_dagster():
-    code = ("import sys, engagement_dagster.kb.documents, engagement_dagster.kb; "
+    code = ("import sys, engagement_dagster.core.kb.documents, engagement_dagster.core.kb; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_dbt')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -345,7 +345,7 @@ def test_mart_analyses_state_the_marts_figures(weeks):
 
 
 def test_the_data_dictionary_lists_every_model_input_column_with_its_role(weeks):
-    from engagement_dagster.feature_roles import read_roles
+    from engagement_dagster.core.ml.feature_roles import read_roles
 
     _, _, tables = _doc(weeks.files1, WEEK1, "data_dictionary")
     rows = _by(tables[f"{MODEL_INPUT} (features, table)"], "column")

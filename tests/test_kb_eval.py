@@ -4,9 +4,9 @@ every expected document a real one, every figure computed from the week's result
 
 import pytest
 
-from engagement_dagster.kb import agent as kb_agent
-from engagement_dagster.kb import documents, evaluate
-from engagement_dagster.results import Results, duckdb_query
+from engagement_dagster.core.kb import agent as kb_agent
+from engagement_dagster.core.kb import documents, evaluate
+from engagement_dagster.core.storage.warehouse import Results, duckdb_query
 from tests.conftest import KB_WEEKS
 
 WEEK = KB_WEEKS[-1]

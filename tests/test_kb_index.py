@@ -13,9 +13,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from engagement_dagster.assets.kb import KB_INDEX, kb_index
-from engagement_dagster.kb import documents, index
-from engagement_dagster.lake import LocalLake
+from engagement_dagster.core.kb import documents, index
+from engagement_dagster.defs.kb.assets import KB_INDEX, kb_index
+from engagement_dagster.defs.resources.lake import LocalLake
 from tests.conftest import KB_WEEKS, index_files
 
 WEEK0, WEEK = KB_WEEKS
@@ -91,7 +91,7 @@ def test_the_analyzer_splits_identifiers_drops_stop_words_and_stems():
 
 
 def test_the_plain_module_imports_no_dagster():
-    code = ("import sys; import engagement_dagster.kb.index as i; "
+    code = ("import sys; import engagement_dagster.core.kb.index as i; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dagster', 'dagster_dbt', 'dbt'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -310,7 +310,7 @@ def test_a_fresh_process_loads_the_index_and_answers(week):
 
 
 def test_version_ids_are_not_what_the_embedding_model_reads(tmp_path):
-    from engagement_dagster.registry import ModelRegistry
+    from engagement_dagster.core.ml.registry import ModelRegistry
 
     registry = ModelRegistry(LocalLake(root=str(tmp_path)))  # a real version id, from register()
     model = type("M", (), {"name": "m", "to_files": lambda self: {}})()

@@ -11,8 +11,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from engagement_dagster.kb import llm
-from engagement_dagster.kb.llm import (
+from engagement_dagster.core.kb import llm
+from engagement_dagster.core.kb.llm import (
     BackendError,
     BedrockConverseBackend,
     OpenAICompatibleBackend,
@@ -41,7 +41,7 @@ def _execute(call: ToolCall) -> ToolResult:
 
 
 def test_the_plain_modules_import_no_dagster():
-    code = ("import sys; import engagement_dagster.kb.llm, engagement_dagster.kb.bedrock; "
+    code = ("import sys; import engagement_dagster.core.kb.llm, engagement_dagster.core.kb.bedrock; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dagster', 'dagster_dbt', 'dbt'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

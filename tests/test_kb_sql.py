@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from engagement_dagster.kb.sql_tool import (
+from engagement_dagster.core.kb.sql_tool import (
     RESULT_TABLES,
     CheckedQuery,
     SqlPolicy,
@@ -371,7 +371,7 @@ def test_missing_manifest_says_how_to_build_it(tmp_path):
 
 def test_module_imports_no_dagster():
     code = (
-        "import sys, engagement_dagster.kb.sql_tool; "
+        "import sys, engagement_dagster.core.kb.sql_tool; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dagster', 'dagster_dbt', 'dbt'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -10,25 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engagement_dagster import evaluation, metrics, scoring
-from engagement_dagster.assets.models import MODEL_KEYS, train_models
-from engagement_dagster.lake import LocalLake
-from engagement_dagster.registry import GateDecision, promotion_decision
-from engagement_dagster.training import (
-    MODEL_KINDS,
+from engagement_dagster.core.ml import evaluation, metrics, scoring
+from engagement_dagster.core.ml.models.anomaly import AnomalyModel
+from engagement_dagster.core.ml.models.churn import ChurnModel, fit_interpolated_isotonic
+from engagement_dagster.core.ml.models.engagement import EngagementModel
+from engagement_dagster.core.ml.models.segment import (
     SEGMENT_ASPECTS,
     SEGMENT_DIMENSIONS,
     SEGMENT_MARKED_SD,
-    AnomalyModel,
-    ChurnModel,
-    EngagementModel,
     SegmentModel,
-    fit_interpolated_isotonic,
     segment_name,
     segment_names,
-    splits,
 )
-from engagement_dagster.warehouse import DuckDBWarehouse
+from engagement_dagster.core.ml.registry import GateDecision, promotion_decision
+from engagement_dagster.core.ml.training import MODEL_KINDS, splits
+from engagement_dagster.defs.models.assets import MODEL_KEYS, train_models
+from engagement_dagster.defs.resources.lake import LocalLake
+from engagement_dagster.defs.resources.warehouse import DuckDBWarehouse
 
 WEEK = "2026-11-09"
 

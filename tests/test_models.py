@@ -7,19 +7,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from engagement_dagster import evaluation, scoring
-from engagement_dagster.feature_roles import read_roles
-from engagement_dagster.registry import ModelRegistry, data_fingerprint, promotion_decision
-from engagement_dagster.settings import PROJECT_ROOT
-from engagement_dagster.training import (
-    AnomalyModel,
-    ChurnModel,
-    EngagementModel,
-    NaiveBaseline,
-    SegmentModel,
-    new_model,
-    splits,
-)
+from engagement_dagster.core.ml import evaluation, scoring
+from engagement_dagster.core.ml.feature_roles import read_roles
+from engagement_dagster.core.ml.models.anomaly import AnomalyModel
+from engagement_dagster.core.ml.models.churn import ChurnModel
+from engagement_dagster.core.ml.models.engagement import EngagementModel
+from engagement_dagster.core.ml.models.segment import SegmentModel
+from engagement_dagster.core.ml.registry import ModelRegistry, data_fingerprint, promotion_decision
+from engagement_dagster.core.ml.training import NaiveBaseline, new_model, splits
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import dagster as dg
 import pytest
 
 from engagement_dagster import cli
-from engagement_dagster.partitions import DEFAULT_FIRST_WEEK, weekly_partitions
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
+from engagement_dagster.defs.partitions import DEFAULT_FIRST_WEEK, weekly_partitions
 
 HISTORY = ("2026-10-26", "2026-11-02")  # the partitions' first week (the default), and the next
 SINGLE = "2026-11-09"
@@ -177,7 +177,7 @@ def test_a_first_weeks_week_over_week_checks_are_skipped_with_the_reason(made):
             }""", {"check": check})
         statuses = {e["partition"]: e["status"] for e in data["assetCheckExecutions"]}
         assert statuses == {HISTORY[0]: "SKIPPED", HISTORY[1]: "SUCCEEDED", SINGLE: "SUCCEEDED"}, check
-    from engagement_dagster.assets.ingest import raw_customers
+    from engagement_dagster.defs.ingest.assets import raw_customers
 
     specs = {spec.name: spec for spec in raw_customers.check_specs}  # what the check's page describes
     assert "Skipped (not run) on a week without a previous snapshot" in specs["row_count_change"].description
@@ -294,7 +294,7 @@ def test_the_first_week_is_configurable_and_checked():
     def first_key(value):
         env = {**os.environ, "ENGAGEMENT_FIRST_WEEK": value}
         return subprocess.run(
-            [sys.executable, "-c", ("from engagement_dagster.partitions import weekly_partitions as p; "
+            [sys.executable, "-c", ("from engagement_dagster.defs.partitions import weekly_partitions as p; "
                                     "print(p.get_first_partition_key())")],
             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
 

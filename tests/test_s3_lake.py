@@ -4,7 +4,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from engagement_dagster.lake import S3Lake
+from engagement_dagster.defs.resources.lake import S3Lake
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_parquet_round_trip_listing_and_uris(s3_lake, s3_endpoint):
 def test_a_source_on_s3_is_ingested_and_the_snapshot_file_published(s3_lake, s3_endpoint, tmp_path):
     """A user's gzipped export read from s3:// (the weekly schedule's ENGAGEMENT_SOURCE_URI), and
     the snapshot published from its local file (boto3's upload_file: multipart above 8 MB)."""
-    from engagement_dagster import ingest
+    from engagement_dagster.core.data import snapshot
     from tests.seed_export import write_seed_export
 
     frame = write_seed_export(tmp_path / "export.csv", 500, seed=5)
@@ -44,7 +44,8 @@ def test_a_source_on_s3_is_ingested_and_the_snapshot_file_published(s3_lake, s3_
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="customer-exports")
     s3.upload_file(str(tmp_path / "export.csv.gz"), "customer-exports", "weekly/customers_2026-11-09.csv.gz")
-    result = ingest.ingest_source("s3://customer-exports/weekly/customers_2026-11-09.csv.gz", tmp_path / "raw.parquet")
+    uri = "s3://customer-exports/weekly/customers_2026-11-09.csv.gz"
+    result = snapshot.ingest_source(uri, tmp_path / "raw.parquet")
     assert result.rows == 500
 
     key = "raw/customers/snapshot_week=2026-11-09/customers.parquet"

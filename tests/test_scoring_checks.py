@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engagement_dagster import scoring
-from engagement_dagster.assets.scoring import CUSTOMER_PREDICTIONS, PREDICTIONS_SCHEMA, customer_predictions
-from engagement_dagster.catalog import LocalCatalog
-from engagement_dagster.lake import LocalLake
-from engagement_dagster.partitions import weekly_partitions
-from engagement_dagster.registry import ModelRegistry
-from engagement_dagster.training import MODEL_KINDS, NaiveBaseline
-from engagement_dagster.warehouse import DuckDBWarehouse
+from engagement_dagster.core.ml import scoring
+from engagement_dagster.core.ml.registry import ModelRegistry
+from engagement_dagster.core.ml.training import MODEL_KINDS, NaiveBaseline
+from engagement_dagster.defs.partitions import weekly_partitions
+from engagement_dagster.defs.resources.catalog import LocalCatalog
+from engagement_dagster.defs.resources.lake import LocalLake
+from engagement_dagster.defs.resources.warehouse import DuckDBWarehouse
+from engagement_dagster.defs.scoring.assets import CUSTOMER_PREDICTIONS, PREDICTIONS_SCHEMA, customer_predictions
 
 WEEK = "2026-11-09"
 BASELINES = {"engagement_model": {"mean": 0.4}, "churn_model": {"rate": 0.3}, "ltv_model": {"median": 120.0},
@@ -92,7 +92,7 @@ def test_churn_drivers_may_be_null_only_while_churn_is_on_its_baseline(trained, 
 
 @pytest.fixture(scope="module")
 def parts(model_input):
-    from engagement_dagster.training import splits
+    from engagement_dagster.core.ml.training import splits
 
     frame, roles, _ = model_input
     return splits(frame, roles)

@@ -10,9 +10,9 @@ import duckdb
 import pandas as pd
 
 from engagement_dagster.cli import summary
-from engagement_dagster.contract import CONTRACT_COLUMNS
+from engagement_dagster.core.data.contract import CONTRACT_COLUMNS
 from engagement_dagster.definitions import defs
-from engagement_dagster.resources import build_resources
+from engagement_dagster.defs.resources import build_resources
 from tests.seed_export import write_seed_export
 
 WEEK = "2026-11-09"

@@ -6,9 +6,9 @@ import gzip
 import pyarrow as pa
 import pytest
 
-from engagement_dagster import ingest, sources
-from engagement_dagster.contract import CONTRACT, CONTRACT_COLUMNS, ContractViolation
-from engagement_dagster.generator import generate_snapshot
+from engagement_dagster.core.data import snapshot, sources
+from engagement_dagster.core.data.contract import CONTRACT, CONTRACT_COLUMNS, ContractViolation
+from engagement_dagster.core.data.generator import generate_snapshot
 from tests.seed_export import write_seed_export
 
 N = 3_000
@@ -25,18 +25,18 @@ def seed_csv(tmp_path):
 def small_chunks(monkeypatch):
     """Many CSV blocks and row groups, none aligned with the other."""
     monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 64 << 10)
-    monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 1_000)
+    monkeypatch.setattr(snapshot, "ROW_GROUP_ROWS", 1_000)
 
 
 def refusal(uri) -> ContractViolation:
     with pytest.raises(ContractViolation) as info:
-        ingest.ingest_source(str(uri), uri.parent / "out.parquet")
+        snapshot.ingest_source(str(uri), uri.parent / "out.parquet")
     assert str(uri) in str(info.value)
     return info.value
 
 
 def test_the_seed_export_loads_as_is(seed_csv, tmp_path, small_chunks):
-    result = ingest.ingest_source(str(seed_csv), tmp_path / "raw.parquet")
+    result = snapshot.ingest_source(str(seed_csv), tmp_path / "raw.parquet")
     assert result.rows == N and result.pii_columns_dropped == []
     written = pa.parquet.read_table(tmp_path / "raw.parquet")
     assert written.column_names[:42] == list(CONTRACT_COLUMNS)
@@ -44,15 +44,15 @@ def test_the_seed_export_loads_as_is(seed_csv, tmp_path, small_chunks):
 
 
 def test_chunked_and_in_memory_paths_write_identical_files(seed_csv, tmp_path, small_chunks):
-    chunked = ingest.ingest_source(str(seed_csv), tmp_path / "chunked.parquet", chunked=True)
-    whole = ingest.ingest_source(str(seed_csv), tmp_path / "whole.parquet", chunked=False)
+    chunked = snapshot.ingest_source(str(seed_csv), tmp_path / "chunked.parquet", chunked=True)
+    whole = snapshot.ingest_source(str(seed_csv), tmp_path / "whole.parquet", chunked=False)
     assert chunked.rows == whole.rows == N
     assert (tmp_path / "chunked.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     # A frame in memory (typed by pandas, not text) lands as the same bytes as its CSV.
     frame = generate_snapshot(2_500, "2026-11-09").customers
     frame.to_csv(tmp_path / "generated.csv.gz", index=False)
-    ingest.write_snapshot([pa.Table.from_pandas(frame)], "frame", tmp_path / "from_frame.parquet")
-    ingest.ingest_source(str(tmp_path / "generated.csv.gz"), tmp_path / "from_csv.parquet")
+    snapshot.write_snapshot([pa.Table.from_pandas(frame)], "frame", tmp_path / "from_frame.parquet")
+    snapshot.ingest_source(str(tmp_path / "generated.csv.gz"), tmp_path / "from_csv.parquet")
     assert (tmp_path / "from_frame.parquet").read_bytes() == (tmp_path / "from_csv.parquet").read_bytes()
 
 
@@ -112,7 +112,7 @@ def test_quoted_line_breaks_and_upper_case_extensions_are_read(tmp_path, small_c
     path = tmp_path / "EXPORT.CSV.GZ"
     with gzip.open(path, "wt") as handle:
         frame.to_csv(handle, index=False)
-    assert ingest.ingest_source(str(path), tmp_path / "out.parquet").rows == N
+    assert snapshot.ingest_source(str(path), tmp_path / "out.parquet").rows == N
 
 
 def test_a_number_too_large_for_a_whole_number_is_refused(seed_csv):
@@ -161,9 +161,9 @@ def test_drift_is_a_warning_not_a_refusal():
         return {"rows": 1000, "distinct_customer_ids": 1000, "columns_present": list(CONTRACT_COLUMNS),
                 "columns": columns}
 
-    outcomes = {o.name: o for o in ingest.quality_checks(profile(0.5), profile(0.0))}
+    outcomes = {o.name: o for o in snapshot.quality_checks(profile(0.5), profile(0.0))}
     drift = outcomes["distribution_drift"]
     assert not drift.passed and not drift.blocking and "last_7_day_engagement_trend" in drift.description
     assert all(o.passed for name, o in outcomes.items() if name != "distribution_drift")
-    first_week = {o.name: o for o in ingest.quality_checks(profile(0.5), None)}
+    first_week = {o.name: o for o in snapshot.quality_checks(profile(0.5), None)}
     assert first_week["distribution_drift"].passed and "no previous week" in first_week["row_count_change"].description

@@ -8,13 +8,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engagement_dagster.assets.dbt import dbt_features
-from engagement_dagster.assets.ingest import RAW_CUSTOMERS, raw_customers
 from engagement_dagster.cli import skipped_checks, summary
-from engagement_dagster.contract import TARGETS
-from engagement_dagster.dbt_project import engagement_dbt
-from engagement_dagster.ingest import raw_key
-from engagement_dagster.resources import build_resources
+from engagement_dagster.core.data.contract import TARGETS
+from engagement_dagster.core.data.snapshot import raw_key
+from engagement_dagster.defs.dbt.assets import dbt_features
+from engagement_dagster.defs.dbt.project import engagement_dbt
+from engagement_dagster.defs.ingest.assets import RAW_CUSTOMERS, raw_customers
+from engagement_dagster.defs.resources import build_resources
 
 PREVIOUS, WEEK_1, WEEK_2 = "2026-10-26", "2026-11-02", "2026-11-09"
 N = 3_000
@@ -177,8 +177,8 @@ def test_model_ready_roles_come_from_dbt_yaml():
 
 
 def test_a_users_weekly_files_are_read_by_week(lake_dir, lake, tmp_path, monkeypatch):
-    from engagement_dagster.contract import CONTRACT_COLUMNS
-    from engagement_dagster.generator import generate_snapshot
+    from engagement_dagster.core.data.contract import CONTRACT_COLUMNS
+    from engagement_dagster.core.data.generator import generate_snapshot
 
     for week in (WEEK_1, WEEK_2):  # the seed platform's 42-column format, one file per week
         customers = generate_snapshot(500, week).customers[list(CONTRACT_COLUMNS)]

@@ -26,9 +26,9 @@ import uuid
 import dagster as dg
 import pytest
 
+from engagement_dagster.core.settings import PROJECT_ROOT
+from engagement_dagster.defs.partitions import weekly_partitions
 from engagement_dagster.export import step_functions as sfn
-from engagement_dagster.partitions import weekly_partitions
-from engagement_dagster.settings import PROJECT_ROOT
 
 OUT_DIR = PROJECT_ROOT / "deploy" / "step_functions"
 SAMPLE_VALUES = {

@@ -38,7 +38,7 @@ EXPECTED_MODULES = {"kms", "storage", "catalog", "database", "compute", "orchest
 # Modules the root instantiates with `count` (checkov names their resources module.<name>[0].…).
 COUNTED_MODULES = {"knowledge_base"}
 
-# Environment every Dagster container needs (engagement_dagster/settings.py, deploy/dagster.yaml).
+# Environment every Dagster container needs (engagement_dagster/core/settings.py, deploy/dagster.yaml).
 REQUIRED_ENV = {
     "ENGAGEMENT_ENV",
     "ENGAGEMENT_LAKE_BUCKET",
@@ -433,7 +433,7 @@ def test_services_start_the_images_roles_and_load_the_code_location_over_grpc(mo
 
 
 def test_containers_set_every_setting_aws_mode_requires():
-    from engagement_dagster.settings import AWS_SETTINGS
+    from engagement_dagster.core.settings import AWS_SETTINGS
 
     local = module_locals(COMPUTE)
     assert set(AWS_SETTINGS) <= set(local["environment_map"])

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from engagement_dagster.settings import PROJECT_ROOT
+from engagement_dagster.core.settings import PROJECT_ROOT
 
 QUERY = """
 {

@@ -282,7 +282,7 @@ def size_stages(stages: Sequence[Stage], jobs: Sequence[JobSize], export_keys: C
                 light: tuple[str, str] = LIGHT_SIZE) -> list[Stage]:
     """Each stage takes the size of the smallest sized job selecting all its assets, other than a
     job selecting the whole export (a one-task run of everything); otherwise `light`."""
-    from engagement_dagster.deploy_sizes import validate_fargate_size
+    from engagement_dagster.core.deploy_sizes import validate_fargate_size
 
     everything = frozenset(export_keys)
     validate_fargate_size(*light)
@@ -737,7 +737,7 @@ def export_files(defs: dg.Definitions) -> dict[str, str]:
 
 
 def default_out_dir() -> Path:
-    from engagement_dagster.settings import PROJECT_ROOT
+    from engagement_dagster.core.settings import PROJECT_ROOT
 
     return Path(PROJECT_ROOT) / "deploy" / "step_functions"
 

@@ -28,7 +28,7 @@ locals {
   embedding_dimensions = 1024
   index_name           = "kb-titan-v2-${local.embedding_dimensions}"
 
-  # Chunks of 300 tokens overlapping by 20%, like the lexical index (engagement_dagster/kb/index.py).
+  # Chunks of 300 tokens overlapping by 20%, like the lexical index (engagement_dagster/core/kb/index.py).
   chunk_max_tokens         = 300
   chunk_overlap_percentage = 20
 

@@ -1,0 +1,1 @@
+"""The six models, one file each, over `base.py`; `engagement_dagster.core.ml.training` names them."""
