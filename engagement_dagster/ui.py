@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     # would stay ignored there).
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # `dagster dev -m` keeps the code location named after the module, as `make run` names it; the
+    # note that `dg dev` supersedes it is Dagster's business, not the user's: hidden.
+    quiet = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:Function `dev_command` is superseded"]))
     child = subprocess.Popen([str(dagster), "dev", "-m", "engagement_dagster.definitions", "-h", args.host,
-                              "-p", args.port], process_group=0)
+                              "-p", args.port], process_group=0, env={**os.environ, "PYTHONWARNINGS": quiet})
     started.append(child)
     while True:
         try:
