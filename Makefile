@@ -15,14 +15,14 @@ CUSTOMERS ?= 100000
 WEEK ?=
 WEEKS ?= 4
 
-.PHONY: setup run test browser postgres ui bench eval-kb manifest clean
+.PHONY: setup run test browser postgres ui bench eval-kb manifest clean serve bench-api
 
 setup: $(STAMP) $(MANIFEST)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,kb]'
+	$(BIN)/pip install --quiet -e '.[dev,kb,api]'
 	touch $@
 
 # dagster-dbt reads dbt's manifest at import time: build it before anything loads the definitions.
@@ -64,6 +64,26 @@ BENCH_INGEST_ROWS ?= 10000000
 bench: $(STAMP)
 	$(BIN)/python -m engagement_dagster.bench --customers $(BENCH_CUSTOMERS) --repeat $(BENCH_REPEAT) \
 	  --ingest-rows $(BENCH_INGEST_ROWS)
+
+# The prediction API at http://127.0.0.1:8000 (docs at /docs), one uvicorn worker, over the models of
+# the registry `make run` filled. Requests need the header x-api-key: ENGAGEMENT_API_KEYS (comma-separated)
+# if set, else API_KEY below (a development key for this machine only).
+API_KEY ?= local-development-key
+serve: setup
+	test -f $(ENGAGEMENT_LAKE_DIR)/models/churn_model/champion.json || $(MAKE) run WEEKS=1
+	ENGAGEMENT_API_KEYS="$${ENGAGEMENT_API_KEYS:-$(API_KEY)}" $(BIN)/python -m engagement_dagster.cli serve
+
+# The API's online features are generated from the dbt feature models (one definition): after editing
+# them, regenerate (CI fails while engagement_dagster/api/features_generated.py is stale).
+.PHONY: export-features
+export-features: setup
+	$(BIN)/python -m engagement_dagster.cli export-features
+
+# Open-loop load on loopback at a fixed rate against one uvicorn worker: latency percentiles of cache
+# misses and hits, errors, and a batch of 1,000 customers (docs/benchmarks.md).
+bench-api: setup
+	test -f $(ENGAGEMENT_LAKE_DIR)/models/churn_model/champion.json || $(MAKE) run WEEKS=1
+	$(BIN)/python -m engagement_dagster.api.bench
 
 # The knowledge base on its evaluation set (evals/kb_questions.yaml): retrieval recall@5 and MRR by
 # BM25, embeddings and hybrid; figures in the offline answers; latency. Runs the week first if none is there.

@@ -474,7 +474,22 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ask", add_help=False, help="ask the week's knowledge base a question (offline by default)")
     sub.add_parser("export-sfn", add_help=False,
                    help="write today's graph as a Step Functions state machine + weekly rule (deploy/step_functions/)")
+    sub.add_parser("export-features", add_help=False,
+                   help="regenerate the API's online features from the dbt models (--check: fail when stale)")
+    serve_parser = sub.add_parser("serve", help="serve the prediction API with uvicorn (imports no Dagster)")
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=8000)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from engagement_dagster.api.serve import serve
+
+        return serve(args.host, args.port)
+    if args.command == "export-features":
+        from engagement_dagster.export.online_features import main as export_features_main
+
+        return export_features_main(rest)
     if args.command == "ask":
         from engagement_dagster.core.kb.ask import ask_main
 
