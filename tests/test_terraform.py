@@ -34,9 +34,10 @@ CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 CHECKOV_STAMP = CHECKOV_VENV / f".installed-checkov-{CHECKOV_VERSION}"
 
-EXPECTED_MODULES = {"kms", "storage", "catalog", "database", "compute", "orchestration", "knowledge_base"}
+EXPECTED_MODULES = {"kms", "storage", "catalog", "database", "compute", "orchestration", "knowledge_base",
+                    "prediction_api"}
 # Modules the root instantiates with `count` (checkov names their resources module.<name>[0].…).
-COUNTED_MODULES = {"knowledge_base"}
+COUNTED_MODULES = {"knowledge_base", "prediction_api"}
 
 # Environment every Dagster container needs (engagement_dagster/core/settings.py, deploy/dagster.yaml).
 REQUIRED_ENV = {
@@ -662,7 +663,8 @@ def test_outputs_name_what_other_parts_must_match():
         "cluster_name", "task_families", "run_task_family", "container_name", "sns_topic_arn",
         "lake_bucket", "athena_results_bucket", "db_endpoint", "glue_raw_database", "glue_database",
         "athena_workgroup", "athena_staging", "state_machine_arn", "ecr_repository_url",
-        "knowledge_base_id", "data_source_id", "kb_bucket",
+        "knowledge_base_id", "data_source_id", "kb_bucket", "prediction_api_url", "prediction_api_key_ids",
+        "prediction_api_repository_url", "prediction_cache_table",
     } <= outputs
     # Required inputs: only what differs per account.
     required = {name for name, body in variables(TF_DIR).items() if "default" not in body}
@@ -933,3 +935,222 @@ def test_agent_model_is_one_configurable_claude_model_and_its_arns_have_no_wildc
     # An inference profile without its destination regions is refused at plan time.
     assert "!local.agent_model_is_profile || length(var.agent_model_regions) > 0" in text
 
+
+
+# ------------------------------------------------------------------------------------------------
+# (5) The prediction API (modules/prediction_api): API Gateway, the Lambda function, the cache table
+# ------------------------------------------------------------------------------------------------
+
+API = MODULES_DIR / "prediction_api"
+
+
+def _root_outputs() -> dict[str, dict]:
+    out = {}
+    for block in parsed(TF_DIR / "outputs.tf")["output"]:
+        out.update({unquote(k): v for k, v in block.items()})
+    return out
+
+
+def test_prediction_api_is_wired_from_the_root_and_can_be_left_out():
+    from engagement_dagster.core.settings import AWS_SETTINGS
+
+    call = module_calls()["prediction_api"]
+    assert call["count"] == "${var.prediction_api ? 1 : 0}"
+    switch = variables(TF_DIR)["prediction_api"]
+    assert switch["type"] in {"bool", "${bool}"} and switch["default"] is True
+    assert call["kms_key_arn"] == "${module.kms.key_arn}"
+    assert call["lake_bucket_arn"] == "${module.storage.lake_bucket_arn}"
+    assert call["lake_prefix"] == "${var.lake_prefix}"
+    # One release, one tag, unless the API image's is given.
+    assert call["image_tag"] == "${coalesce(var.prediction_api_image_tag, var.image_tag)}"
+    assert root_default("prediction_api_image_tag") is None
+    # Outside the VPC unless asked; inside, in the private subnets.
+    assert call["subnet_ids"] == "${var.prediction_api_in_vpc ? var.private_subnet_ids : []}"
+    assert root_default("prediction_api_in_vpc") is False
+
+    # The function opens the lake AWS mode describes, with the values the Dagster containers get.
+    names = {unquote(n) for n in module_locals(TF_DIR)["lake_setting_names"]}
+    assert set(AWS_SETTINGS) | {"ENGAGEMENT_LAKE_PREFIX"} <= names
+    assert all(name.startswith("ENGAGEMENT_") for name in names)  # Lambda refuses AWS_* names
+    settings = call["settings_environment"]
+    assert "module.compute.environment" in settings and "contains(local.lake_setting_names, name)" in settings
+
+    outputs = _root_outputs()
+    for name, module_output in (("prediction_api_url", "invoke_url"), ("prediction_api_key_ids", "api_key_ids"),
+                                ("prediction_api_repository_url", "repository_url"),
+                                ("prediction_cache_table", "cache_table")):
+        assert outputs[name]["value"] == f"${{var.prediction_api ? module.prediction_api[0].{module_output} : null}}"
+
+
+def test_every_api_method_requires_a_key_and_every_path_reaches_the_live_alias():
+    rest_api = one("resource", "aws_api_gateway_rest_api", "this", API)
+    assert [unquote(t) for t in rest_api["endpoint_configuration"][0]["types"]] == ["REGIONAL"]
+    assert unquote(rest_api["api_key_source"]) == "HEADER"
+    proxy = one("resource", "aws_api_gateway_resource", "proxy", API)
+    assert unquote(proxy["path_part"]) == "{proxy+}"
+    assert proxy["parent_id"] == "${aws_api_gateway_rest_api.this.root_resource_id}"
+
+    methods = of_type("aws_api_gateway_method", API)
+    assert set(methods) == {"root", "proxy"}
+    assert methods["root"]["resource_id"] == "${aws_api_gateway_rest_api.this.root_resource_id}"
+    assert methods["proxy"]["resource_id"] == "${aws_api_gateway_resource.proxy.id}"
+    for name, method in methods.items():
+        # API keys are api_key_required on the method; there is no authorization type "API_KEY".
+        assert method["api_key_required"] is True, name
+        assert unquote(method["authorization"]) == "NONE", name
+        assert unquote(method["http_method"]) == "ANY", name
+
+    integrations = of_type("aws_api_gateway_integration", API)
+    assert set(integrations) == set(methods)
+    for name, integration in integrations.items():
+        assert unquote(integration["type"]) == "AWS_PROXY"
+        assert unquote(integration["integration_http_method"]) == "POST"
+        assert integration["uri"] == "${aws_lambda_alias.live.invoke_arn}"
+        assert integration["http_method"] == f"${{aws_api_gateway_method.{name}.http_method}}"
+
+    # Any change to a route redeploys, new deployment first; the stage serves it.
+    deployment = one("resource", "aws_api_gateway_deployment", "this", API)
+    trigger = deployment["triggers"]["redeployment"]
+    assert all(f"aws_api_gateway_{kind}.{name}" in trigger
+               for kind in ("method", "integration") for name in methods)
+    assert deployment["lifecycle"][0]["create_before_destroy"] is True
+    stage = one("resource", "aws_api_gateway_stage", "this", API)
+    assert stage["deployment_id"] == "${aws_api_gateway_deployment.this.id}"
+
+    # Only this API's stage may invoke the function, through the alias it integrates with.
+    permission = one("resource", "aws_lambda_permission", "api_gateway", API)
+    assert unquote(permission["principal"]) == "apigateway.amazonaws.com"
+    assert unquote(permission["source_arn"]) == "${aws_api_gateway_rest_api.this.execution_arn}/${var.stage_name}/*/*"
+    assert permission["qualifier"] == "${aws_lambda_alias.live.name}"
+
+
+def test_stage_and_each_key_are_throttled_and_every_key_is_in_the_usage_plan():
+    stage = one("resource", "aws_api_gateway_stage", "this", API)
+    assert stage["cache_cluster_enabled"] is False
+    assert stage["xray_tracing_enabled"] is True
+    access = stage["access_log_settings"][0]
+    assert access["destination_arn"] == "${aws_cloudwatch_log_group.access.arn}"
+    assert "$context.identity.apiKeyId" in access["format"]
+    assert not re.search(r"\$context\.identity\.apiKey(?!Id)", access["format"])  # never the key's value
+
+    (settings,) = one("resource", "aws_api_gateway_method_settings", "all", API)["settings"]
+    assert (settings["throttling_rate_limit"], settings["throttling_burst_limit"]) == (
+        "${var.stage_rate_limit}", "${var.stage_burst_limit}")
+    assert settings["metrics_enabled"] is True
+    assert settings["data_trace_enabled"] is False  # bodies are customer data
+    assert settings["caching_enabled"] is False
+    assert unquote(one("resource", "aws_api_gateway_method_settings", "all", API)["method_path"]) == "*/*"
+
+    plan = one("resource", "aws_api_gateway_usage_plan", "this", API)
+    (bound,) = plan["api_stages"]
+    assert (bound["api_id"], bound["stage"]) == ("${aws_api_gateway_rest_api.this.id}",
+                                                  "${aws_api_gateway_stage.this.stage_name}")
+    (throttle,) = plan["throttle_settings"]
+    assert (throttle["rate_limit"], throttle["burst_limit"]) == ("${var.key_rate_limit}", "${var.key_burst_limit}")
+    (quota,) = plan["quota_settings"]
+    assert quota["limit"] == "${var.key_quota_per_day}" and unquote(quota["period"]) == "DAY"
+
+    declared = variables(API)
+    for name in ("stage_rate_limit", "stage_burst_limit", "key_rate_limit", "key_burst_limit", "key_quota_per_day"):
+        assert declared[name]["default"] > 0, name
+    # A key is no wider than the stage.
+    assert declared["key_rate_limit"]["default"] <= declared["stage_rate_limit"]["default"]
+    assert declared["key_burst_limit"]["default"] <= declared["stage_burst_limit"]["default"]
+
+    # One key per name, each bound to the plan; the application accepts exactly their values.
+    key = one("resource", "aws_api_gateway_api_key", "client", API)
+    assert key["for_each"] == "${toset(var.api_key_names)}" and "value" not in key
+    binding = one("resource", "aws_api_gateway_usage_plan_key", "client", API)
+    assert binding["for_each"] == "${aws_api_gateway_api_key.client}"
+    assert (binding["key_id"], unquote(binding["key_type"])) == ("${each.value.id}", "API_KEY")
+    assert binding["usage_plan_id"] == "${aws_api_gateway_usage_plan.this.id}"
+    secret = one("resource", "aws_secretsmanager_secret_version", "api_keys", API)
+    assert secret["secret_string"] == (
+        "${jsonencode([for name in sort(var.api_key_names) : aws_api_gateway_api_key.client[name].value])}")
+    assert one("resource", "aws_secretsmanager_secret", "api_keys", API)["kms_key_id"] == "${var.kms_key_arn}"
+
+
+def test_cache_table_has_ttl_point_in_time_recovery_and_the_project_key_in_the_applications_layout():
+    from engagement_dagster.api import cache
+
+    table = one("resource", "aws_dynamodb_table", "cache", API)
+    assert unquote(table["billing_mode"]) == "PAY_PER_REQUEST"
+    assert unquote(table["hash_key"]) == cache.PARTITION_KEY == "pk"
+    assert "range_key" not in table
+    (attribute,) = table["attribute"]
+    assert (unquote(attribute["name"]), unquote(attribute["type"])) == (cache.PARTITION_KEY, "S")
+    (ttl,) = table["ttl"]
+    assert ttl["enabled"] is True and unquote(ttl["attribute_name"]) == cache.TTL_ATTRIBUTE == "expires_at"
+    assert table["point_in_time_recovery"][0]["enabled"] is True
+    (sse,) = table["server_side_encryption"]
+    assert sse["enabled"] is True and sse["kms_key_arn"] == "${var.kms_key_arn}"
+
+
+def test_function_runs_the_api_image_with_what_the_application_reads():
+    function = one("resource", "aws_lambda_function", "api", API)
+    local = module_locals(API)
+    assert unquote(function["package_type"]) == "Image"
+    assert function["image_uri"] == "${local.image}"
+    assert unquote(local["image"]) == "${aws_ecr_repository.api.repository_url}:${var.image_tag}"
+    assert unquote(function["tracing_config"][0]["mode"]) == "Active"
+    assert function["reserved_concurrent_executions"] == "${var.reserved_concurrency}"
+    assert function["kms_key_arn"] == "${var.kms_key_arn}"
+    assert function["publish"] is True
+    assert one("resource", "aws_lambda_alias", "live", API)["function_version"] == "${aws_lambda_function.api.version}"
+    declared = variables(API)
+    assert {"memory_mb", "timeout_seconds", "reserved_concurrency", "subnet_ids"} <= set(declared)
+    assert declared["timeout_seconds"]["default"] <= 29  # API Gateway's integration timeout
+    # The log groups are the project key's (/<name_prefix>/...).
+    for name in ("function", "access"):
+        group = one("resource", "aws_cloudwatch_log_group", name, API)
+        assert unquote(group["name"]).startswith("/${var.name_prefix}/") and group["kms_key_id"] == "${var.kms_key_arn}"
+    assert function["logging_config"][0]["log_group"] == "${aws_cloudwatch_log_group.function.name}"
+
+    # The environment: the lake's settings and the API's own, names the application really reads,
+    # no key or password in it (the keys come from the secret it names).
+    assert function["environment"][0]["variables"] == "${local.environment}"
+    assert local["environment"] == "${merge(var.settings_environment, local.api_environment)}"
+    environment = local["api_environment"]
+    assert unquote(environment["ENGAGEMENT_ENV"]) == "aws"
+    assert unquote(environment["ENGAGEMENT_API_CACHE"]) == "dynamodb"
+    assert environment["ENGAGEMENT_API_CACHE_TABLE"] == "${aws_dynamodb_table.cache.name}"
+    assert environment["ENGAGEMENT_API_KEYS_SECRET_ARN"] == "${aws_secretsmanager_secret.api_keys.arn}"
+    assert "ENGAGEMENT_API_KEYS" not in environment
+    package = ROOT / "engagement_dagster"
+    sources = [*(package / "api").glob("*.py"), package / "core" / "settings.py"]
+    application = "\n".join(path.read_text() for path in sources)
+    for name in environment:
+        assert f'"{name}"' in application, f"{name}: the application never reads it"
+
+
+def test_function_role_reads_only_the_registry_and_uses_only_the_cache_table():
+    document = one("data", "aws_iam_policy_document", "function", API)
+    grants = {sid: ({unquote(a) for a in s["actions"]}, [unquote(r) for r in s["resources"]])
+              for sid, s in _allow_statements(document).items()}
+    assert grants == {
+        "ListModelRegistry": ({"s3:ListBucket"}, ["${var.lake_bucket_arn}"]),
+        "ReadModelRegistry": ({"s3:GetObject"}, ["${var.lake_bucket_arn}/${local.registry_prefix}*"]),
+        "UsePredictionCache": ({"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:BatchGetItem",
+                                "dynamodb:BatchWriteItem"}, ["${aws_dynamodb_table.cache.arn}"]),
+        "ReadApiKeys": ({"secretsmanager:GetSecretValue"}, ["${aws_secretsmanager_secret.api_keys.arn}"]),
+        "DecryptWithProjectKey": ({"kms:Decrypt"}, ["${var.kms_key_arn}"]),
+        "WriteFunctionLogs": ({"logs:CreateLogStream", "logs:PutLogEvents"},
+                              ["${aws_cloudwatch_log_group.function.arn}:*"]),
+        "TracingRequiresWildcard": ({"xray:GetSamplingRules", "xray:GetSamplingTargets", "xray:PutTelemetryRecords",
+                                     "xray:PutTraceSegments"}, ["*"]),
+    }
+    (listing,) = _allow_statements(document)["ListModelRegistry"]["condition"]
+    assert (unquote(listing["variable"]), [unquote(v) for v in listing["values"]]) == (
+        "s3:prefix", ["${local.registry_prefix}*"])
+    # models/ under the lake prefix: the registry's layout (engagement_dagster/core/ml/registry.py).
+    assert unquote(module_locals(API)["registry_prefix"]) == (
+        '${var.lake_prefix == "" ? "models/" : "${trim(var.lake_prefix, "/")}/models/"}')
+
+    # Lambda assumes the role for this account only; the image repository admits Lambda for this function.
+    (trust,) = one("data", "aws_iam_policy_document", "lambda_assume", API)["statement"]
+    assert [unquote(i) for i in trust["principals"][0]["identifiers"]] == ["lambda.amazonaws.com"]
+    (pull,) = one("data", "aws_iam_policy_document", "repository", API)["statement"]
+    assert [unquote(i) for i in pull["principals"][0]["identifiers"]] == ["lambda.amazonaws.com"]
+    assert {unquote(a) for a in pull["actions"]} == {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"}
+    (source,) = pull["condition"]
+    assert unquote(source["values"][0]).endswith(":function:${local.function_name}*")

@@ -2,7 +2,9 @@
 # database (Dagster's Postgres). Deployment: compute (ECR, cluster, the code location, webserver
 # and daemon services, the run family, IAM). Export: orchestration (the weekly state machine).
 # Agent: knowledge_base (Bedrock knowledge base on S3 Vectors, its documents bucket, the agent's
-# grants to the task role); left out with knowledge_base = false.
+# grants to the task role); left out with knowledge_base = false. Serving: prediction_api (API
+# Gateway, the Lambda function from the API image, the DynamoDB prediction cache); left out with
+# prediction_api = false.
 
 data "aws_caller_identity" "current" {}
 
@@ -19,6 +21,18 @@ locals {
     },
     var.tags,
   )
+
+  # AWS mode's settings (engagement_dagster/core/settings.py), as the Dagster containers get them:
+  # the prediction API opens the same lake.
+  lake_setting_names = [
+    "ENGAGEMENT_LAKE_BUCKET",
+    "ENGAGEMENT_LAKE_PREFIX",
+    "ENGAGEMENT_GLUE_RAW_DATABASE",
+    "ENGAGEMENT_GLUE_DATABASE",
+    "ENGAGEMENT_ATHENA_WORKGROUP",
+    "ENGAGEMENT_ATHENA_STAGING",
+    "ENGAGEMENT_ATHENA_DATA",
+  ]
 
   state_machine_definition_path = coalesce(
     var.state_machine_definition_path,
@@ -162,4 +176,29 @@ module "orchestration" {
   execution_role_arn                = module.compute.execution_role_arn
   private_subnet_ids                = var.private_subnet_ids
   tasks_security_group_id           = module.compute.tasks_security_group_id
+}
+
+module "prediction_api" {
+  source = "./modules/prediction_api"
+  count  = var.prediction_api ? 1 : 0
+
+  name_prefix        = var.name_prefix
+  account_id         = local.account_id
+  partition          = local.partition
+  region             = var.aws_region
+  kms_key_arn        = module.kms.key_arn
+  log_retention_days = var.log_retention_days
+  # One release, one tag: the API image is pushed to its own repository under the Dagster image's tag.
+  image_tag     = coalesce(var.prediction_api_image_tag, var.image_tag)
+  api_key_names = var.prediction_api_key_names
+
+  lake_bucket_arn = module.storage.lake_bucket_arn
+  lake_prefix     = var.lake_prefix
+
+  settings_environment = {
+    for name, value in module.compute.environment : name => value if contains(local.lake_setting_names, name)
+  }
+
+  subnet_ids = var.prediction_api_in_vpc ? var.private_subnet_ids : []
+  vpc_id     = var.vpc_id
 }

@@ -132,3 +132,27 @@ output "kb_bucket" {
   description = "Documents bucket (ENGAGEMENT_KB_BUCKET): kb/snapshot_week=YYYY-MM-DD/<doc_id>.md and .md.metadata.json sidecars are ingested; state files go under state/."
   value       = var.knowledge_base ? module.knowledge_base[0].kb_bucket : null
 }
+
+output "prediction_api_url" {
+  description = "The prediction API's stage URL (POST <url>/predict with the header x-api-key); null with prediction_api = false."
+  value       = var.prediction_api ? module.prediction_api[0].invoke_url : null
+}
+
+output "prediction_api_key_ids" {
+  description = "API key ids by name; the value: aws apigateway get-api-key --api-key <id> --include-value --query value --output text."
+  value       = var.prediction_api ? module.prediction_api[0].api_key_ids : null
+}
+
+output "prediction_api_repository_url" {
+  description = "ECR repository of the API image (push it under the release's image_tag)."
+  value       = var.prediction_api ? module.prediction_api[0].repository_url : null
+}
+
+output "prediction_cache_table" {
+  description = "DynamoDB table of the prediction cache (ENGAGEMENT_API_CACHE_TABLE)."
+  value       = var.prediction_api ? module.prediction_api[0].cache_table : null
+}
+
+output "prediction_api_function_name" {
+  value = var.prediction_api ? module.prediction_api[0].function_name : null
+}

@@ -200,3 +200,27 @@ variable "agent_model_regions" {
   type        = list(string)
   default     = []
 }
+
+variable "prediction_api" {
+  description = "Deploy the real-time prediction API: API Gateway (REST, API keys, usage plan), the Lambda function from the API image (<name_prefix>-api repository) and the DynamoDB prediction cache. false leaves it all out."
+  type        = bool
+  default     = true
+}
+
+variable "prediction_api_image_tag" {
+  description = "Tag of the API image (containers/api.Dockerfile) in the <name_prefix>-api repository. Null: image_tag (build and push both images of a release under one tag)."
+  type        = string
+  default     = null
+}
+
+variable "prediction_api_key_names" {
+  description = "One API key per client of the prediction API (add a name, hand out its key, remove the old name to rotate)."
+  type        = list(string)
+  default     = ["default"]
+}
+
+variable "prediction_api_in_vpc" {
+  description = "Run the prediction API's function in private_subnet_ids (they then need routes to S3, DynamoDB, Secrets Manager and X-Ray: NAT or VPC endpoints). false: outside the VPC, calling only AWS APIs."
+  type        = bool
+  default     = false
+}
