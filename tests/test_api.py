@@ -289,3 +289,16 @@ def test_the_readmes_curl_example_is_answered(api):
     answer = response.json()
     assert answer["customer_id"] == EXAMPLE_CUSTOMER["customer_id"] and 0 <= answer["churn_probability"] <= 1
     assert len(answer["top_categories"]) == 3 and len(answer["churn_drivers"]) == 3
+
+
+def test_api_keys_never_reach_the_logs(api, records, caplog):
+    """Neither a configured key nor a wrong one a client sent appears in any log record of the server."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    body = {**records[1100], "snapshot_week": WEEK}
+    assert post(api, "/predict", body, key="a-wrong-key-from-a-client").status_code == 401
+    assert post(api, "/predict", body).status_code == 200
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert caplog.records  # the server did log (httpx, uvicorn): what it logged is under test
+    assert not [key for key in (*KEYS, "a-wrong-key-from-a-client") if key in logged]
