@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -127,18 +126,6 @@ def test_an_unhashable_feature_is_named():
         cache_key("c", {"tags": ["a", "b"]}, VERSIONS)
 
 
-def test_the_key_costs_tens_of_microseconds():
-    row = feature_row()
-    assert len(row) == 45
-    timings = []
-    for _ in range(7):
-        started = time.perf_counter()
-        for _ in range(500):
-            cache_key("c-0001", row, VERSIONS)
-        timings.append((time.perf_counter() - started) / 500)
-    assert statistics.median(timings) < 150e-6  # ~25 µs measured; a loose bound against a 5x regression
-
-
 # ----------------------------------------------------------------------------------------- in-process
 
 
@@ -186,15 +173,6 @@ def test_the_memory_cache_batch_calls_answer_in_key_order():
     cache = MemoryCache()
     cache.put_many([("a", {"v": 1}), ("b", {"v": 2}), ("a", {"v": 3})])
     assert cache.get_many(["b", "x", "a", "b"]) == [{"v": 2}, None, {"v": 3}, {"v": 2}]
-
-
-def test_the_memory_cache_answers_in_microseconds():
-    cache = MemoryCache()
-    cache.put_many((f"k{i}", dict(PREDICTION)) for i in range(10_000))
-    started = time.perf_counter()
-    for i in range(20_000):
-        cache.get(f"k{i % 10_000}")
-    assert (time.perf_counter() - started) / 20_000 < 20e-6  # ~1.5 µs measured
 
 
 def test_no_cache_stores_nothing():

@@ -10,7 +10,6 @@ import itertools
 import json
 import math
 import shutil
-import time
 
 import duckdb
 import pyarrow as pa
@@ -263,23 +262,6 @@ def test_online_features_need_no_target_and_take_a_date_week():
         online_features([row], dt.datetime(2026, 11, 16))
     with pytest.raises(TypeError):
         online_features([row], "2026-11-16")
-
-
-def test_online_features_are_fast_enough_for_the_request_budget():
-    """Budget: one row ≤ 100 µs, 1,000 rows ≤ 20 ms; measured ~5 µs and ~8 ms. The bound for 1,000 rows
-    is twice the budget: best of several runs, on a shared 2-core machine."""
-    rows = [{**typed(EXAMPLE_CUSTOMER), "customer_id": f"c{i}", "sessions_last_7_days": i % 50} for i in range(1000)]
-
-    def best(batch: list[dict], runs: int) -> float:
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            online_features(batch, WEEK)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best(rows[:1], 200) < 100e-6
-    assert best(rows, 10) < 40e-3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import time
 
 import pyarrow as pa
 import pytest
@@ -274,21 +273,4 @@ def test_responses_take_what_the_predictor_returns():
                                                                      "direction": "up"}]})
     assert Health.model_validate({"status": "ok", "models_loaded": True, "versions": {"churn_model": "v3"}})
 
-
-def test_validation_is_cheap():
-    """Measured ~5 µs for one request and ~8 ms for a batch of 1,000; the bounds leave room for a shared
-    2-core machine (best of several runs)."""
-    one = json.dumps({**EXAMPLE_CUSTOMER, "snapshot_week": "2026-11-16"}).encode()
-    batch = json.dumps({"customers": [EXAMPLE_CUSTOMER] * MAX_BATCH, "snapshot_week": "2026-11-16"}).encode()
-
-    def best(validate, body: bytes, runs: int) -> float:
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            validate(body)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best(PredictRequest.model_validate_json, one, 500) < 50e-6
-    assert best(BatchRequest.model_validate_json, batch, 5) < 50e-3
 
