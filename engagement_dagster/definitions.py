@@ -3,6 +3,7 @@
 import dagster as dg
 
 from engagement_dagster.core.deploy_sizes import validate_ecs_run_tags
+from engagement_dagster.defs.alerts import ASSET_CHECKS, FRESHNESS_CHECK_SELECTION, SENSORS
 from engagement_dagster.defs.dbt.assets import dbt_features, dbt_scoring
 from engagement_dagster.defs.ingest.assets import raw_customers
 from engagement_dagster.defs.kb.assets import kb_documents, kb_index
@@ -20,7 +21,9 @@ def _job(name: str, selection: dg.AssetSelection, description: str, tags: dict |
     validate_ecs_run_tags(tags or {}, owner=f"job {name}")  # AWS would refuse an invalid pair only at launch
     # In-process: dbt and the models share one Python process instead of re-importing the code
     # location for every step (which costs seconds each).
-    return dg.define_asset_job(name, selection=selection, partitions_def=weekly_partitions,
+    # Freshness checks judge today, not the run's week (a backfill of an old week would fail them): their
+    # own sensor runs them after each materialization, never a weekly job.
+    return dg.define_asset_job(name, selection=selection - FRESHNESS_CHECK_SELECTION, partitions_def=weekly_partitions,
                                executor_def=dg.in_process_executor, description=description, tags=tags)
 
 
@@ -35,7 +38,9 @@ scoring_job = _job("scoring", dg.AssetSelection.groups("scoring"),
 
 defs = dg.Definitions(
     assets=[raw_customers, dbt_features, train_models, customer_predictions, dbt_scoring, kb_documents, kb_index],
+    asset_checks=ASSET_CHECKS,  # freshness of the raw snapshot and the predictions; feature drift (PSI)
     jobs=[weekly_refresh, training_job, scoring_job],
+    sensors=SENSORS,  # a failed run notifies (log line, webhook, SNS); freshness checks evaluated
     # Monday 06:00 UTC, for the week that just closed.
     schedules=[dg.build_schedule_from_partitioned_job(weekly_refresh, name="weekly_refresh_schedule")],
     resources=build_resources(),
