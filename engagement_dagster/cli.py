@@ -474,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ask", add_help=False, help="ask the week's knowledge base a question (offline by default)")
     sub.add_parser("export-sfn", add_help=False,
                    help="write today's graph as a Step Functions state machine + weekly rule (deploy/step_functions/)")
+    sub.add_parser("erase", add_help=False,
+                   help="erase one customer from the lake, the warehouse, the knowledge base and the cache (--dry-run)")
     sub.add_parser("export-features", add_help=False,
                    help="regenerate the API's online features from the dbt models (--check: fail when stale)")
     serve_parser = sub.add_parser("serve", help="serve the prediction API with uvicorn (imports no Dagster)")
@@ -486,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         from engagement_dagster.api.serve import serve
 
         return serve(args.host, args.port)
+    if args.command == "erase":
+        from engagement_dagster.core.privacy.erase import erase_main
+
+        return erase_main(rest)
     if args.command == "export-features":
         from engagement_dagster.export.online_features import main as export_features_main
 

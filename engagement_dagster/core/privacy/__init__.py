@@ -1,0 +1,1 @@
+"""Privacy operations on the lake and the warehouse: erasure of one customer (`erase`)."""
