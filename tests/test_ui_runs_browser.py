@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from engagement_dagster.core.settings import PROJECT_ROOT
-from tests.test_ui_server import chromium_path, serving
+from tests.test_ui_server import chromium_path, dagster_page, serving
 
 HISTORY = ("2026-10-26", "2026-11-02")  # the partitions' first week (the default), and the next
 # cli.location_name() with $DAGSTER_CODE_LOCATION_NAME unset: `make ui` names the location after the module.
@@ -69,29 +69,8 @@ def browser_page(request):
     if browser_path is None:  # skipped before `make run`, not after it
         pytest.skip("no Chromium on this machine (set ENGAGEMENT_CHROMIUM, or run `make browser`)")
     ui = request.getfixturevalue("ui")
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=30_000)  # every assertion waits as long as a busy 2-core machine may need
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=browser_path,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        try:
-            context = browser.new_context(viewport={"width": 1600, "height": 1000})
-            # On localhost Dagster opens a modal "Join the Dagster community" dialog (CommunityNux)
-            # 1 s after each page mounts until it is dismissed; its backdrop swallows clicks.
-            # Dismissing it stores localStorage communityNux = "1": seed that before any page loads.
-            context.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'))")
-            page = context.new_page()
-            # Should it open all the same (a renamed key in a Dagster upgrade), Playwright skips it.
-            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
-
-            def open_page(path):
-                page.goto(f"{ui}/{path}", wait_until="networkidle")
-                expect(page.locator(".bp5-overlay-backdrop")).to_have_count(0)  # no dialog over the page
-
-            yield page, open_page
-        finally:
-            browser.close()
+    with dagster_page(ui, browser_path) as (page, open_page):
+        yield page, open_page
 
 
 def test_the_job_page_lists_a_successful_run_per_week_of_the_backfill(browser_page, tmp_path):

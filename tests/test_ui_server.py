@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
@@ -97,14 +98,13 @@ def chromium_path() -> str | None:
     return found
 
 
-def test_a_browser_shows_the_lineage_and_the_checks(webserver, tmp_path):
-    """The pages an operator opens in `make ui`, rendered by a real Chromium: the asset lineage
-    around the model-ready table, and the checks of raw_customers and of the dbt model."""
-    browser_path = chromium_path()
-    if browser_path is None:
-        pytest.skip("no Chromium on this machine (set ENGAGEMENT_CHROMIUM, or run `make browser`)")
+@contextmanager
+def dagster_page(base_url: str, browser_path: str):
+    """A Chromium page on the Dagster UI at `base_url`, and `open_page(path)`, which loads a page and
+    checks that no dialog covers it. Every assertion waits up to 30 s (a busy 2-core machine)."""
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=30_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=browser_path,
                                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
@@ -121,30 +121,42 @@ def test_a_browser_shows_the_lineage_and_the_checks(webserver, tmp_path):
             page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
 
             def open_page(path):
-                page.goto(f"{webserver}/{path}", wait_until="networkidle")
+                page.goto(f"{base_url}/{path}", wait_until="networkidle")
                 expect(page.locator(".bp5-overlay-backdrop")).to_have_count(0)  # no dialog over the page
 
-            open_page("assets/features/customer_model_input?view=lineage&lineageScope=neighbors&lineageDepth=2")
-            graph = page.locator("body")
-            for node in ("raw_customers", "stg_customers", "customer_features", "churn_model", "ltv_model",
-                         "segment_model", "predictions_final"):
-                expect(graph.get_by_text(node, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(tmp_path / "lineage.png"))
-
-            open_page("assets/features/customer_model_input?view=checks")
-            # The check list middle-truncates long names: pick the row, then read its full name.
-            page.get_by_text("columns_within", exact=False).filter(visible=True).first.click(timeout=30_000)
-            expect(page.get_by_text("columns_within_meta_range_customer_model_input_", exact=True)
-                   .filter(visible=True).first).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("holds no null and no value outside", exact=False).filter(visible=True).first
-                   ).to_be_visible()  # the test's meta.description, shown as the check's
-            page.screenshot(path=str(tmp_path / "checks.png"))
-
-            open_page("assets/ingest/raw_customers?view=checks")
-            for check in ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change"):
-                expect(page.get_by_text(check, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
+            yield page, open_page
         finally:
             browser.close()
+
+
+def test_a_browser_shows_the_lineage_and_the_checks(webserver, tmp_path):
+    """The pages an operator opens in `make ui`, rendered by a real Chromium: the asset lineage
+    around the model-ready table, and the checks of raw_customers and of the dbt model."""
+    browser_path = chromium_path()
+    if browser_path is None:
+        pytest.skip("no Chromium on this machine (set ENGAGEMENT_CHROMIUM, or run `make browser`)")
+    from playwright.sync_api import expect
+
+    with dagster_page(webserver, browser_path) as (page, open_page):
+        open_page("assets/features/customer_model_input?view=lineage&lineageScope=neighbors&lineageDepth=2")
+        graph = page.locator("body")
+        for node in ("raw_customers", "stg_customers", "customer_features", "churn_model", "ltv_model",
+                     "segment_model", "predictions_final"):
+            expect(graph.get_by_text(node, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "lineage.png"))
+
+        open_page("assets/features/customer_model_input?view=checks")
+        # The check list middle-truncates long names: pick the row, then read its full name.
+        page.get_by_text("columns_within", exact=False).filter(visible=True).first.click(timeout=30_000)
+        expect(page.get_by_text("columns_within_meta_range_customer_model_input_", exact=True)
+               .filter(visible=True).first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("holds no null and no value outside", exact=False).filter(visible=True).first
+               ).to_be_visible()  # the test's meta.description, shown as the check's
+        page.screenshot(path=str(tmp_path / "checks.png"))
+
+        open_page("assets/ingest/raw_customers?view=checks")
+        for check in ("schema", "unique_customer_ids", "null_rates", "value_ranges", "row_count_change"):
+            expect(page.get_by_text(check, exact=True).filter(visible=True).first).to_be_visible(timeout=30_000)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
