@@ -194,6 +194,27 @@ def erased(store: Store, customer_ids: Sequence[str]) -> list[bool]:
     return [salted_hash(str(c), salt) in hashes for c in customer_ids]
 
 
+def drop_erased(store: Store, path: Path, id_column: str = "customer_id") -> int:
+    """Removes from a freshly ingested Parquet file (before it is published) the rows of customers erased
+    from this lake, so a source that still holds them does not bring them back; returns how many.
+    Costs nothing until a first erasure: then the ids are hashed with the lake's salt and compared."""
+    hashes = erased_hashes(store)
+    salt, _ = _salt(store, create=False)
+    if not hashes or salt is None:
+        return 0
+    table = pq.read_table(path)
+    keep = pa.array([salted_hash(str(c), salt) not in hashes for c in table.column(id_column).to_pylist()],
+                    type=pa.bool_())
+    dropped = len(table) - pc.sum(keep).as_py() if len(table) else 0
+    if dropped:
+        metadata = pq.ParquetFile(path).metadata
+        row_group = metadata.row_group(0).num_rows if metadata.num_row_groups else None
+        kept = path.with_name(path.name + ".kept")
+        pq.write_table(table.filter(keep), kept, row_group_size=row_group)  # same schema, same row groups
+        kept.replace(path)
+    return dropped
+
+
 # ---------------------------------------------------------------------------------------------
 # S3 versions
 

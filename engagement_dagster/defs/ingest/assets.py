@@ -12,6 +12,7 @@ from pydantic import Field
 
 from engagement_dagster.core.data import snapshot
 from engagement_dagster.core.data.contract import LAKE_SCHEMA
+from engagement_dagster.core.privacy import erase as erasure
 from engagement_dagster.defs.partitions import FIRST_WEEK_ENV, weekly_partitions
 from engagement_dagster.defs.resources.catalog import Catalog
 from engagement_dagster.defs.resources.lake import Lake
@@ -131,6 +132,10 @@ def _ingest(week: str, config: RawCustomersConfig, lake: Lake, catalog: Catalog)
             result = snapshot.ingest_source(uri.replace("{snapshot_week}", week), raw_file)
         else:
             result = snapshot.ingest_synthetic(config.n_customers, week, config.seed, raw_file, truth_file)
+        # A customer erased from this lake stays erased, whatever the source still holds.
+        dropped = erasure.drop_erased(lake.store(), raw_file)
+        if truth_file.exists():
+            erasure.drop_erased(lake.store(), truth_file)
         profile = snapshot.profile(raw_file)
         if truth_file.exists():
             lake.write_file(snapshot.oracle_key(week), truth_file)
@@ -138,7 +143,8 @@ def _ingest(week: str, config: RawCustomersConfig, lake: Lake, catalog: Catalog)
     lake.write_bytes(snapshot.profile_key(week), json.dumps(profile, indent=1).encode())
     catalog.register_partition(snapshot.RAW_TABLE, lake.uri(snapshot.RAW_PREFIX), LAKE_SCHEMA, week)
     return profile, {
-        "dagster/row_count": result.rows,
+        "dagster/row_count": result.rows - dropped,
+        "erased_customers_dropped": dropped,
         "source": result.source,
         "path": dg.MetadataValue.path(path),
         "pii_columns_dropped": ", ".join(result.pii_columns_dropped) or "none",
