@@ -423,13 +423,16 @@ def _refusals(result: RunResult | dg.ExecuteInProcessResult) -> list[str]:
     """Why the run stopped, in one line per failed step (the stack trace stays in the run's log)."""
     lines = []
     for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
+        # A failed step, or a resource that could not start (the lake's writer lease held by another run).
+        if event.event_type_value in ("STEP_FAILURE", "RESOURCE_INIT_FAILURE"):
             error = event.event_specific_data.error
-            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+            while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",
+                                                                 "DagsterResourceFunctionError"):
                 error = error.cause
             # "package.module.ClassName: text" → "text"
             message = re.sub(rf"^[\w.]*{error.cls_name}: ", "", error.message.strip()).splitlines()[0]
-            lines.append(f"  STOPPED at {event.step_key}: {message}")
+            where = event.step_key or "the run's start"
+            lines.append(f"  STOPPED at {where}: {message}")
     if lines:
         lines.append("  (the full trace is in the run's log: make ui → Runs)")
     return lines

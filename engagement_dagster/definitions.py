@@ -15,10 +15,13 @@ from engagement_dagster.defs.scoring.assets import customer_predictions
 # Fargate size for the heavy work: 16 vCPU / 64 GB. Run-level tags, because the EcsRunLauncher
 # does not read ECS tags from single assets.
 HEAVY_RUN_TAGS = {"ecs/cpu": "16384", "ecs/memory": "65536"}
+# Every job writes the lake: the run queue starts one such run at a time (deploy/dagster.yaml, ui.py).
+LAKE_WRITER_TAGS = {"engagement/lake-writer": "true"}
 
 
 def _job(name: str, selection: dg.AssetSelection, description: str, tags: dict | None = None):
-    validate_ecs_run_tags(tags or {}, owner=f"job {name}")  # AWS would refuse an invalid pair only at launch
+    tags = {**LAKE_WRITER_TAGS, **(tags or {})}
+    validate_ecs_run_tags(tags, owner=f"job {name}")  # AWS would refuse an invalid pair only at launch
     # In-process: dbt and the models share one Python process instead of re-importing the code
     # location for every step (which costs seconds each).
     # Freshness checks judge today, not the run's week (a backfill of an old week would fail them): their
@@ -44,4 +47,7 @@ defs = dg.Definitions(
     # Monday 06:00 UTC, for the week that just closed.
     schedules=[dg.build_schedule_from_partitioned_job(weekly_refresh, name="weekly_refresh_schedule")],
     resources=build_resources(),
+    # Materializations started from the UI run in one process too, like the jobs: the run holds the
+    # lake's writer lease from its first step to its last (defs/resources/lease.py).
+    executor=dg.in_process_executor,
 )

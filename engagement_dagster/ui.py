@@ -22,16 +22,38 @@ from engagement_dagster.core.settings import PROJECT_ROOT
 GRACE_SECONDS = 10.0
 INSTANCE_YAML = """# The local Dagster instance of `make run` and `make ui`: runs, events and schedules in SQLite
 # under this directory (Dagster's defaults). On AWS the instance is deploy/dagster.yaml (Postgres).
+# Written by engagement-dagster (engagement_dagster/ui.py): edits are replaced; keep yours elsewhere.
 telemetry:
   enabled: false
+
+# Runs queue, as on AWS (deploy/dagster.yaml, same limits): one run per snapshot week, and one run
+# that writes the lake at a time (the registry, the warehouse and the knowledge base are shared by
+# every week), started in the order they were queued, so a backfill runs its weeks oldest first.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 4
+    dequeue_interval_seconds: 2
+    tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+      - key: engagement/lake-writer
+        limit: 1
 """
+GENERATED_MARK = "# Written by engagement-dagster"
 
 
 def instance_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    # Ours (no file yet, or one an earlier version wrote): brought up to date. A file of your own is kept.
+    text = config.read_text() if config.exists() else None
+    ours = text is None or GENERATED_MARK in text or text.startswith("# The local Dagster instance of `make run`")
+    if ours and text != INSTANCE_YAML:
         config.write_text(INSTANCE_YAML)
     return home
 

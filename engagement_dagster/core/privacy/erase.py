@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ from engagement_dagster.core.data import snapshot
 from engagement_dagster.core.kb import documents as kb_documents
 from engagement_dagster.core.kb import index as kb_index
 from engagement_dagster.core.storage.lake import LocalStore, S3Store, Store, open_store
+from engagement_dagster.core.storage.lease import LakeBusy, writer_lease
 
 SALT_ENV = "ENGAGEMENT_ERASURE_SALT"
 SALT_KEY = "audit/erasure_salt"  # outside audit/erasure/, which holds only the entries
@@ -571,6 +573,16 @@ def erase(store: Store, customer_id: str, *, warehouse_path: str | Path | None =
     at ``warehouse_path`` (None: no local warehouse), the DynamoDB cache table ``dynamodb_table`` and
     the ``extra_stores``; then search them all (``verify``) and append the audit entry."""
     customer_id = check_id(customer_id)
+    # One writer at a time: a weekly run writing meanwhile would bring the customer back or lose the
+    # rewrite (a dry run only reads).
+    with nullcontext() if dry_run else writer_lease(store, "engagement-dagster erase"):
+        return _erase(store, customer_id, warehouse_path=warehouse_path, dynamodb_table=dynamodb_table,
+                      dynamodb_client=dynamodb_client, extra_stores=extra_stores, dry_run=dry_run, verify=verify,
+                      notes=notes)
+
+
+def _erase(store: Store, customer_id: str, *, warehouse_path, dynamodb_table, dynamodb_client, extra_stores,
+           dry_run: bool, verify: bool, notes: Sequence[str]) -> ErasureReport:
     started, now = time.perf_counter(), dt.datetime.now(dt.UTC)
     salt, salt_source = _salt(store, create=not dry_run)
     report = ErasureReport(salted_hash(customer_id, salt) if salt else None, salt_source, dry_run,
@@ -771,7 +783,7 @@ def erase_main(argv: Sequence[str] | None = None) -> int:
                          "the cache TTL (1 hour by default); restart the API to drop them now")
         report = erase(store, args.customer_id, warehouse_path=warehouse, dynamodb_table=table,
                        extra_stores=extra, dry_run=args.dry_run, notes=notes)
-    except (ErasureRefused, settings.MissingSettings) as error:
+    except (ErasureRefused, settings.MissingSettings, LakeBusy) as error:
         print(f"erase refused: {error}", file=sys.stderr)
         return 2
     print(json.dumps(report.as_dict(), indent=2) if args.json else "\n".join(report.summary()))

@@ -102,7 +102,25 @@ class LocalStore(Store):
         return str(self._path(key))
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        root = Path(self.root)
+        for folder in path.parents:  # folders left empty go too, as on S3 where they do not exist
+            if folder == root or root not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): stop here
+                break
+
+    def remove_temporary_files(self) -> int:
+        """Deletes the temporary files of writes a killed process never renamed into place (never
+        read: listings skip dot-names). Only safe for the holder of the writer lease (`lease`)."""
+        removed = 0
+        for path in Path(self.root).rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def write_file(self, key: str, path: Path) -> str:
         target = self._path(key)

@@ -21,9 +21,11 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
+from engagement_dagster.core import faults
 from engagement_dagster.core.ml.feature_roles import range_failure_summary, range_test_failure_relations
 from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.partitions import weekly_partitions
+from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import Warehouse
 
 
@@ -120,6 +122,9 @@ def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Wa
     try:
         invocation = dbt.cli(["build"], context=context, raise_on_error=False)
         for event in invocation.stream():
+            if isinstance(event, (dg.Output, dg.AssetMaterialization)) and not any(
+                    isinstance(e, (dg.Output, dg.AssetMaterialization)) for e in events):
+                faults.checkpoint(context.op_def.name)  # dbt_features / dbt_scoring: dbt is mid-build
             if isinstance(event, dg.AssetCheckResult) and not event.passed and event.check_name in stored:
                 held.append(event)  # read once dbt has let go of the warehouse (DuckDB: one writer)
             else:
@@ -147,7 +152,8 @@ def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Wa
     select="tag:features", name="dbt_features",
     partitions_def=weekly_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),  # one week per dbt call
 )
-def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse,
+                 writer_lease: WriterLease):
     yield from _build(context, dbt, warehouse)
 
 
@@ -156,5 +162,6 @@ def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehou
     select="tag:scoring", name="dbt_scoring",
     partitions_def=weekly_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),
 )
-def dbt_scoring(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+def dbt_scoring(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse,
+                writer_lease: WriterLease):
     yield from _build(context, dbt, warehouse)

@@ -16,6 +16,7 @@ from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.models.assets import MODEL_INPUT_KEY, MODEL_KEYS
 from engagement_dagster.defs.partitions import weekly_partitions
 from engagement_dagster.defs.resources.lake import Lake
+from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import AthenaWarehouse, DuckDBWarehouse, Warehouse
 from engagement_dagster.defs.scoring.assets import CUSTOMER_PREDICTIONS
 
@@ -46,7 +47,8 @@ def marts_of(warehouse: Warehouse) -> documents.Marts:
                 "plus manifest.json with sha256 hashes), generated from the week's registry reports, dbt marts and "
                 "dbt manifest; the same week regenerated gives the same bytes.",
 )
-def kb_documents(context: dg.AssetExecutionContext, lake: Lake, warehouse: Warehouse) -> dg.MaterializeResult:
+def kb_documents(context: dg.AssetExecutionContext, lake: Lake, warehouse: Warehouse,
+                 writer_lease: WriterLease) -> dg.MaterializeResult:
     week = context.partition_key
     written = documents.generate(lake, week, marts_of(warehouse), engagement_dbt.manifest_path)
     previous = written.manifest["previous_week"]
@@ -81,7 +83,8 @@ class KbIndexConfig(dg.Config):
                 "ENGAGEMENT_KB_ID set, the documents are also uploaded to the Bedrock knowledge base and ingested. "
                 "A week whose documents and settings are unchanged does no work.",
 )
-def kb_index(context: dg.AssetExecutionContext, config: KbIndexConfig, lake: Lake) -> dg.MaterializeResult:
+def kb_index(context: dg.AssetExecutionContext, config: KbIndexConfig, lake: Lake,
+             writer_lease: WriterLease) -> dg.MaterializeResult:
     week = context.partition_key
     chunking = index.ChunkSettings(chunk_tokens=config.chunk_tokens, overlap=config.overlap)
     built = index.build_index(lake, week, chunking)

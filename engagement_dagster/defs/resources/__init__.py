@@ -16,6 +16,7 @@ from engagement_dagster.core.settings import aws_settings, environment, lake_dir
 from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.resources.catalog import GlueCatalog, LocalCatalog
 from engagement_dagster.defs.resources.lake import LocalLake, S3Lake
+from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import AthenaWarehouse, DuckDBWarehouse
 
 
@@ -60,6 +61,8 @@ def build_resources(env: str | None = None) -> dict:
     # The dbt beside this interpreter, so an unactivated virtual environment still works.
     dbt_executable = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
     return {"lake": lake, "catalog": catalog, "warehouse": warehouse,
+            # Held from a run's start to its end: one writer per lake (defs/resources/lease.py).
+            "writer_lease": WriterLease(lake=lake),
             "dbt": DbtCoreCliResource(project_dir=engagement_dbt, target="prod" if env == "aws" else "local",
                                       dbt_executable=dbt_executable,
                                       # dbt's events stream into the Dagster run; its JSON artifacts

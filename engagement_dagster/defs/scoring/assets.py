@@ -16,6 +16,7 @@ from engagement_dagster.defs.models.assets import MODEL_INPUT_KEY, MODEL_KEYS
 from engagement_dagster.defs.partitions import weekly_partitions
 from engagement_dagster.defs.resources.catalog import Catalog
 from engagement_dagster.defs.resources.lake import Lake
+from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import Warehouse
 
 CUSTOMER_PREDICTIONS = dg.AssetKey(["scoring", "customer_predictions"])
@@ -82,7 +83,7 @@ def _drivers_table(predictions: pd.DataFrame, rows: int = 5) -> str:
                  for name, text in CHECKS.items()],
 )
 def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfig, lake: Lake, warehouse: Warehouse,
-                         catalog: Catalog):
+                         catalog: Catalog, writer_lease: WriterLease):
     week = context.partition_key
     frame = warehouse.read_table(MODEL_INPUT)
     registry = ModelRegistry(lake)
