@@ -94,8 +94,9 @@ def test_find_traces_sees_the_customer_everywhere_before_erasure(lake):
                     f"predictions/snapshot_week={week}/shard=00.parquet"):
             assert f"lake:{key}: column customer_id (1 rows)" in traces, key
     assert f"lake:kb/snapshot_week={KB_WEEKS[1]}/at_risk_analysis.md: raw bytes" in traces
-    assert f"kb/index/snapshot_week={KB_WEEKS[1]}/chunks.parquet: column text" in text
-    assert f"kb/index/snapshot_week={KB_WEEKS[1]}/bm25/vocab.index.json: every term" in text
+    index_files = kb_index.index_files_prefix(KB_WEEKS[1], kb_index.read_index_manifest(LocalStore(root), KB_WEEKS[1]))
+    assert f"{index_files}chunks.parquet: column text" in text
+    assert f"{index_files}bm25/vocab.index.json: every term" in text
     for table in ("predictions_final", "at_risk_customers", "stg_customers"):
         assert f"warehouse:main.{table}" in text
     assert erasure.find_traces(LocalStore(root), root / "warehouse.duckdb", "no-such-customer") == []
@@ -298,12 +299,15 @@ def test_erasure_on_s3_deletes_old_versions_results_and_cache(s3_lake):
     dry = erasure.erase(store, customer, dynamodb_table="erase-cache", extra_stores=extra, dry_run=True)
     assert dry.rows > 0 and len(versions(store, raw)) == 2 and not store.list_keys("audit/")
 
+    old_index = kb_index.index_files_prefix(KB_WEEKS[1], kb_index.read_index_manifest(store, KB_WEEKS[1]))
     report = erasure.erase(store, customer, dynamodb_table="erase-cache", extra_stores=extra)
     assert report.traces == [] and not report.unhandled
     assert erasure.find_traces(store, None, customer, extra_stores=extra) == []
-    # Only the new version of each rewritten object is left.
+    # Only the new version of each rewritten object is left; the index's old files, none at all.
+    new_index = kb_index.index_files_prefix(KB_WEEKS[1], kb_index.read_index_manifest(store, KB_WEEKS[1]))
+    assert new_index != old_index and versions(store, f"{old_index}chunks.parquet") == []
     for key in (raw, athena_file, kb_documents.document_key(KB_WEEKS[1], "at_risk_analysis"),
-                f"kb/index/snapshot_week={KB_WEEKS[1]}/chunks.parquet"):
+                f"{new_index}chunks.parquet"):
         left = versions(store, key)
         assert len(left) == 1 and left[0]["IsLatest"], key
     assert store.read_parquet(raw).shape[0] == KB_CUSTOMERS - 1

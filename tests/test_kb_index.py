@@ -143,8 +143,9 @@ def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     assert manifest["counts"]["chunks"] == first.chunks == sum(d["chunks"] for d in manifest["documents"])
     assert manifest["backend"] == expected_backend
     files = index_files(tmp_path)
-    assert {f"snapshot_week={WEEK}/chunks.parquet", f"snapshot_week={WEEK}/index_manifest.json",
-            f"snapshot_week={WEEK}/bm25/vocab.index.json"} <= set(files)
+    generation = f"snapshot_week={WEEK}/{manifest['generation']}"  # the files' folder, named by the manifest
+    assert {f"{generation}/chunks.parquet", f"snapshot_week={WEEK}/index_manifest.json",
+            f"{generation}/bm25/vocab.index.json"} <= set(files)
     assert index.search(lake, WEEK, "how calibrated is the churn model")[0].doc_id == "model_card_churn_model"
 
     lake.writes.clear()
@@ -163,6 +164,10 @@ def test_an_unchanged_week_is_not_reindexed_and_a_changed_document_is(tmp_path):
     lake.writes.clear()
     changed = index.build_index(lake, WEEK)
     assert changed.status == "rebuilt" and index.index_manifest_key(WEEK) == lake.writes[-1]  # the manifest last
+    new_generation = index.read_index_manifest(lake, WEEK)["generation"]
+    assert new_generation != manifest["generation"]  # a new folder: the old files were never overwritten
+    assert all(key.startswith(f"{index.index_prefix(WEEK)}{new_generation}/") for key in lake.writes[:-1])
+    assert not any(p.startswith(generation) for p in index_files(tmp_path))  # and are gone once it is committed
     assert index.search(lake, WEEK, "platt scaling")[0].doc_id == "model_card_churn_model"
 
     # other chunk settings: rebuilt with them
@@ -187,7 +192,7 @@ def test_with_the_kb_extra_chunks_are_embedded_once_and_search_is_hybrid(tmp_pat
     assert embedder.calls - before == built.chunks  # one embedding per chunk
     manifest = index.read_index_manifest(lake, WEEK)
     assert manifest["embedding_model"] == embedder.name and built.backend.startswith(index.BACKEND_HYBRID)
-    matrix = np.load(io.BytesIO(lake.read_bytes(index.index_prefix(WEEK) + index.EMBEDDINGS_FILE)))
+    matrix = np.load(io.BytesIO(lake.read_bytes(index.index_files_prefix(WEEK, manifest) + index.EMBEDDINGS_FILE)))
     assert matrix.shape == (built.chunks, 384) and matrix.dtype == np.float32
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-4)
 

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engagement_dagster.core import faults
 from engagement_dagster.core.kb import embeddings
 from engagement_dagster.core.kb.documents import KB_PREFIX, LakeLike, document_key, parse_document, read_manifest
 from engagement_dagster.core.kb.embeddings import default_embedder
@@ -284,6 +285,13 @@ def _json_bytes(value: object) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
+def index_files_prefix(week: str, manifest: dict) -> str:
+    """Where the files the manifest lists are: its generation's folder (the week's folder for an index
+    built before generations)."""
+    generation = manifest.get("generation")
+    return index_prefix(week) + (f"{generation}/" if generation else "")
+
+
 def read_index_manifest(lake: LakeLike, week: str) -> dict | None:
     key = index_manifest_key(week)
     return json.loads(lake.read_bytes(key)) if lake.exists(key) else None
@@ -301,7 +309,7 @@ def build_index(lake: LakeLike, week: str, settings: ChunkSettings = ChunkSettin
     previous = read_index_manifest(lake, week)
     if (previous is not None and previous["document_sha256"] == hashes
             and previous["settings"] == settings.describe() and previous["backend"] == backend
-            and all(lake.exists(index_prefix(week) + name) for name in previous["files"])):
+            and all(lake.exists(index_files_prefix(week, previous) + name) for name in previous["files"])):
         return IndexResult(week, "unchanged", backend, len(docs), previous["counts"]["chunks"], settings,
                            time.perf_counter() - started, previous)
 
@@ -320,9 +328,14 @@ def build_index(lake: LakeLike, week: str, settings: ChunkSettings = ChunkSettin
     files = {CHUNKS_FILE: _chunks_parquet(chunks), **_bm25_files([analyze(c.text) for c in chunks])}
     if embedder is not None:
         files[EMBEDDINGS_FILE] = _npy_bytes(embedder.embed([for_embedding(c.text) for c in chunks]))
+    # A new set of files goes into its own folder, named after its content, and the manifest (written
+    # last) names it: a reader never mixes a killed build's new files with the old ones.
+    generation = hashlib.sha256(b"".join(name.encode() + hashlib.sha256(data).digest()
+                                         for name, data in sorted(files.items()))).hexdigest()[:16]
     prefix = index_prefix(week)
     for name, data in files.items():
-        lake.write_bytes(prefix + name, data)
+        lake.write_bytes(f"{prefix}{generation}/{name}", data)
+    faults.checkpoint("kb_index")
     per_doc = {}
     for c in chunks:
         per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
@@ -337,11 +350,12 @@ def build_index(lake: LakeLike, week: str, settings: ChunkSettings = ChunkSettin
         "counts": {"documents": len(docs), "chunks": len(chunks),
                    "tokens": sum(c.token_end - c.token_start for c in chunks)},
         "files": sorted(files),
+        "generation": generation,
     }
     lake.write_bytes(index_manifest_key(week), _json_bytes(manifest))  # the commit point, written last
     delete = getattr(lake, "delete", None)
     if delete is not None:  # files an earlier build wrote that this one has not (another bm25s version)
-        keep = {prefix + name for name in files} | {index_manifest_key(week)}
+        keep = {f"{prefix}{generation}/{name}" for name in files} | {index_manifest_key(week)}
         for key in lake.list_keys(prefix):
             if key not in keep:
                 delete(key)
@@ -455,7 +469,8 @@ def load_index(lake: LakeLike, week: str) -> _LoadedIndex:
             return cached
         import bm25s
 
-        manifest, prefix = json.loads(raw), index_prefix(week)
+        manifest = json.loads(raw)
+        prefix = index_files_prefix(week, manifest)
         chunks = pq.read_table(io.BytesIO(lake.read_bytes(prefix + CHUNKS_FILE))).to_pylist()
         with tempfile.TemporaryDirectory() as tmp:
             for name in manifest["files"]:

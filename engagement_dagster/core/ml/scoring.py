@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from engagement_dagster.core import faults
 from engagement_dagster.core.ml.models.base import ModelKind
 from engagement_dagster.core.ml.models.churn import ChurnModel
 from engagement_dagster.core.ml.training import NaiveBaseline
@@ -244,7 +245,10 @@ def prediction_key(week: str, shard: int) -> str:
 def write_shards(lake: Lake, week: str, predictions: pd.DataFrame, shards: int) -> list[str]:
     """Write each shard atomically, then remove shards a previous run with more shards left."""
     numbers = shard_numbers(predictions["customer_id"], shards)
-    uris = [lake.write_parquet(prediction_key(week, s), predictions[numbers == s]) for s in range(shards)]
+    uris = []
+    for shard in range(shards):
+        uris.append(lake.write_parquet(prediction_key(week, shard), predictions[numbers == shard]))
+        faults.checkpoint("scoring")
     keep = {prediction_key(week, s) for s in range(shards)}
     for key in lake.list_keys(f"{PREDICTIONS_PREFIX}/snapshot_week={week}/"):
         if key not in keep:
