@@ -5,17 +5,20 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from engagement_dagster.core import faults
 from engagement_dagster.core.data import snapshot
 from engagement_dagster.core.data.contract import LAKE_SCHEMA
 from engagement_dagster.core.privacy import erase as erasure
 from engagement_dagster.defs.partitions import FIRST_WEEK_ENV, weekly_partitions
 from engagement_dagster.defs.resources.catalog import Catalog
 from engagement_dagster.defs.resources.lake import Lake
+from engagement_dagster.defs.resources.lease import WriterLease
 
 RAW_CUSTOMERS = dg.AssetKey(["ingest", "raw_customers"])
 SKIPPED_WITHOUT_PREVIOUS = " Skipped (not run) on a week without a previous snapshot, e.g. the first week."
@@ -91,60 +94,84 @@ def previous_profile(lake: Lake, week: str) -> tuple[dict | None, str]:
     # previous snapshot, or checks left out of a selection (a check alone re-checks the stored profile).
     can_subset=True,
 )
-def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig, lake: Lake, catalog: Catalog):
+def raw_customers(context: dg.AssetExecutionContext, config: RawCustomersConfig, lake: Lake, catalog: Catalog,
+                  writer_lease: WriterLease):
     week = context.partition_key
-    if RAW_CUSTOMERS in context.selected_asset_keys:
-        profile, rows = _ingest(week, config, lake, catalog)
-    else:  # checks alone: on the snapshot already written
-        if not lake.exists(snapshot.profile_key(week)):
-            raise FileNotFoundError(f"no snapshot of week {week} to check: materialize ingest/raw_customers first")
-        profile = json.loads(lake.read_bytes(snapshot.profile_key(week)))
-        rows = None
     previous, previous_week_or_why = previous_profile(lake, week)
     selected = {key.name for key in context.selected_asset_check_keys}
     skipped = {} if previous is not None else {name: previous_week_or_why for name in WEEK_OVER_WEEK
                                                if name in selected}
-    if rows is not None:
-        yield dg.MaterializeResult(asset_key=RAW_CUSTOMERS, metadata={
-            **rows,
-            "previous_week": previous_week_or_why if previous is not None else "none",
-            **({"skipped_checks": dg.MetadataValue.json(skipped)} if skipped else {}),
-        })
+
+    def results(profile: dict) -> list[dg.AssetCheckResult]:
+        return [dg.AssetCheckResult(check_name=o.name, asset_key=RAW_CUSTOMERS, passed=o.passed,
+                                    description=o.description, metadata=o.metadata,
+                                    severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN)
+                for o in snapshot.quality_checks(profile, previous, max_row_change=config.max_row_change)
+                if o.name in selected and o.name not in skipped]
+
     if skipped:
         context.log.info(f"Skipped {', '.join(skipped)}: {previous_week_or_why}.")
-    for outcome in snapshot.quality_checks(profile, previous, max_row_change=config.max_row_change):
-        if outcome.name not in selected or outcome.name in skipped:
-            continue
-        yield dg.AssetCheckResult(check_name=outcome.name, asset_key=RAW_CUSTOMERS, passed=outcome.passed,
-                                  description=outcome.description, metadata=outcome.metadata,
-                                  severity=dg.AssetCheckSeverity.ERROR if outcome.blocking
-                                  else dg.AssetCheckSeverity.WARN)
-
-
-def _ingest(week: str, config: RawCustomersConfig, lake: Lake, catalog: Catalog):
-    """Reads, validates and publishes the week's snapshot and its profile; returns the profile and the
-    materialization's metadata."""
-    uri = config.source_uri or os.environ.get("ENGAGEMENT_SOURCE_URI")
+    if RAW_CUSTOMERS not in context.selected_asset_keys:  # checks alone: on the snapshot already written
+        if not lake.exists(snapshot.profile_key(week)):
+            raise FileNotFoundError(f"no snapshot of week {week} to check: materialize ingest/raw_customers first")
+        yield from results(json.loads(lake.read_bytes(snapshot.profile_key(week))))
+        return
     with tempfile.TemporaryDirectory(prefix="engagement-ingest-") as spool:
-        raw_file, truth_file = Path(spool) / "customers.parquet", Path(spool) / "truth.parquet"
-        # Validation raises before anything is published: a bad file never replaces a good snapshot.
-        if uri:
-            result = snapshot.ingest_source(uri.replace("{snapshot_week}", week), raw_file)
-        else:
-            result = snapshot.ingest_synthetic(config.n_customers, week, config.seed, raw_file, truth_file)
-        # A customer erased from this lake stays erased, whatever the source still holds.
-        dropped = erasure.drop_erased(lake.store(), raw_file)
-        if truth_file.exists():
-            erasure.drop_erased(lake.store(), truth_file)
-        profile = snapshot.profile(raw_file)
-        if truth_file.exists():
-            lake.write_file(snapshot.oracle_key(week), truth_file)
-        path = lake.write_file(snapshot.raw_key(week), raw_file)
-    lake.write_bytes(snapshot.profile_key(week), json.dumps(profile, indent=1).encode())
+        staged = _read(week, config, lake, Path(spool))
+        checks = results(staged.profile)
+        refused = [c for c in checks if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
+        if refused:
+            # Judged before publishing: the week's earlier snapshot (if any) stays as it was, and
+            # nothing downstream runs on the refused one.
+            yield from checks
+            raise dg.Failure(description="raw_customers not published: " + "; ".join(
+                f"{c.check_name}: {c.description}" for c in refused))
+        metadata = _publish(week, staged, lake, catalog)
+    yield dg.MaterializeResult(asset_key=RAW_CUSTOMERS, metadata={
+        **metadata,
+        "previous_week": previous_week_or_why if previous is not None else "none",
+        **({"skipped_checks": dg.MetadataValue.json(skipped)} if skipped else {}),
+    })
+    yield from checks
+
+
+@dataclass
+class _Staged:
+    """A week's snapshot read, validated and profiled in a spool directory, not yet published."""
+    raw_file: Path
+    truth_file: Path
+    profile: dict
+    result: snapshot.IngestResult
+    dropped: int
+
+
+def _read(week: str, config: RawCustomersConfig, lake: Lake, spool: Path) -> _Staged:
+    uri = config.source_uri or os.environ.get("ENGAGEMENT_SOURCE_URI")
+    raw_file, truth_file = spool / "customers.parquet", spool / "truth.parquet"
+    # The contract is checked while reading: a bad file raises before anything is published.
+    if uri:
+        result = snapshot.ingest_source(uri.replace("{snapshot_week}", week), raw_file)
+    else:
+        result = snapshot.ingest_synthetic(config.n_customers, week, config.seed, raw_file, truth_file)
+    # A customer erased from this lake stays erased, whatever the source still holds.
+    dropped = erasure.drop_erased(lake.store(), raw_file)
+    if truth_file.exists():
+        erasure.drop_erased(lake.store(), truth_file)
+    return _Staged(raw_file, truth_file, snapshot.profile(raw_file), result, dropped)
+
+
+def _publish(week: str, staged: _Staged, lake: Lake, catalog: Catalog) -> dict:
+    """Publishes the accepted snapshot, its oracle file and its profile; returns the materialization's metadata."""
+    if staged.truth_file.exists():
+        lake.write_file(snapshot.oracle_key(week), staged.truth_file)
+    faults.checkpoint("ingest")
+    path = lake.write_file(snapshot.raw_key(week), staged.raw_file)
+    lake.write_bytes(snapshot.profile_key(week), json.dumps(staged.profile, indent=1).encode())
     catalog.register_partition(snapshot.RAW_TABLE, lake.uri(snapshot.RAW_PREFIX), LAKE_SCHEMA, week)
-    return profile, {
-        "dagster/row_count": result.rows - dropped,
-        "erased_customers_dropped": dropped,
+    profile, result = staged.profile, staged.result
+    return {
+        "dagster/row_count": result.rows - staged.dropped,
+        "erased_customers_dropped": staged.dropped,
         "source": result.source,
         "path": dg.MetadataValue.path(path),
         "pii_columns_dropped": ", ".join(result.pii_columns_dropped) or "none",
