@@ -220,7 +220,10 @@ select
         when (cast('0x' || substr(md5(cast(f.customer_id as TEXT)), 1, 8) as bigint) % 100) < 70 then 'train'
         when (cast('0x' || substr(md5(cast(f.customer_id as TEXT)), 1, 8) as bigint) % 100) < 85 then 'valid'
         else 'test'
-    end as split
+    end as split,
+    -- The same hash whole: capped training samples (the smallest hashes first) and scoring shards
+    -- (hash modulo the shard count) are then functions of the customer alone, whatever the week.
+    (cast('0x' || substr(md5(cast(f.customer_id as TEXT)), 1, 8) as bigint) % 4294967296) as customer_hash
 from "warehouse"."main"."customer_features" as f
 inner join "warehouse"."main"."stg_customers" as c
     on f.customer_id = c.customer_id""",

@@ -10,7 +10,10 @@ select
         when {{ hash_bucket('f.customer_id', 100) }} < 70 then 'train'
         when {{ hash_bucket('f.customer_id', 100) }} < 85 then 'valid'
         else 'test'
-    end as split
+    end as split,
+    -- The same hash whole: capped training samples (the smallest hashes first) and scoring shards
+    -- (hash modulo the shard count) are then functions of the customer alone, whatever the week.
+    {{ hash_bucket('f.customer_id', 4294967296) }} as customer_hash
 from {{ ref('customer_features') }} as f
 inner join {{ ref('stg_customers') }} as c
     on f.customer_id = c.customer_id

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-ROLES = ("id", "week", "protected", "feature", "categorical", "target", "split")
+ROLES = ("id", "week", "protected", "feature", "categorical", "target", "split", "key")
 MODEL_INPUT = "customer_model_input"
 
 
@@ -24,6 +24,7 @@ class FeatureRoles:
     targets: tuple[str, ...]
     protected: tuple[str, ...]
     split: str
+    key: str | None = None  # the customer's hash: capped samples and scoring shards (not a model input)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -46,6 +47,7 @@ def read_roles(manifest_path: Path, model: str = MODEL_INPUT) -> FeatureRoles:
     return FeatureRoles(
         id=by_role["id"][0], features=tuple(by_role["feature"]), categoricals=tuple(by_role["categorical"]),
         targets=tuple(by_role["target"]), protected=tuple(by_role["protected"]), split=by_role["split"][0],
+        key=by_role["key"][0] if by_role["key"] else None,
     )
 
 

@@ -221,6 +221,15 @@ class ModelRegistry:
         files = {f: self.lake.read_bytes(f"{base}/{f}") for f in meta["files"] if f not in ("metrics.json", "card.md")}
         return MODEL_KINDS[name].from_files(files)
 
+    def load_serving(self, name: str, version: str) -> ModelKind | NaiveBaseline:
+        """The model `serving(name)` returned as `version`: a registered version, or the naive baseline."""
+        if version != NaiveBaseline.version:
+            return self.load(name, version)
+        baseline = self._pointer(f"models/{name}/baseline.json")
+        if baseline is None:
+            raise LookupError(f"{name} has no baseline: train the models first")
+        return NaiveBaseline.from_json(baseline.decode())
+
     def load_champion(self, name: str) -> tuple[ModelKind, str]:
         pointer = self.champion(name)
         if pointer is None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import zlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -23,12 +26,14 @@ from engagement_dagster.core import faults
 from engagement_dagster.core.ml.models.base import ModelKind
 from engagement_dagster.core.ml.models.churn import ChurnModel
 from engagement_dagster.core.ml.training import NaiveBaseline
+from engagement_dagster.core.storage.shards import ShardSource
 
 if TYPE_CHECKING:  # any lake works (the Dagster resource or a plain storage.Store): no Dagster import here
     from engagement_dagster.core.storage.lake import Store as Lake
 
 AT_RISK_CHURN_PROBABILITY = 0.5  # keep equal to the dbt var `at_risk_churn_probability`
 ROWS_PER_SHARD = 50_000
+PARALLEL_FROM_ROWS = 500_000  # below it, scoring in the run's process beats starting worker processes
 TOP_DRIVERS = 3
 
 
@@ -54,7 +59,7 @@ def _no_drivers(frame: pd.DataFrame, k: int = TOP_DRIVERS) -> pd.DataFrame:
 
 
 def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind | NaiveBaseline, str]],
-          id_column: str = "customer_id") -> pd.DataFrame:
+          id_column: str = "customer_id", scored_at: pd.Timestamp | None = None) -> pd.DataFrame:
     """One row per customer: every model's output (its champion's, or its naive baseline's while it
     has no champion), churn drivers and the versions used."""
     out = frame[[id_column]].copy()
@@ -75,13 +80,8 @@ def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind | NaiveBasel
     out["churn_drivers_method"] = method
     for column in VERSION_COLUMNS:  # a fixed order, whatever the order of `champions`
         out[column] = champions[column.removesuffix("_version")][1]
-    out["scored_at"] = pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
+    out["scored_at"] = scored_at if scored_at is not None else pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
     return out
-
-
-def shard_numbers(ids: pd.Series, shards: int) -> np.ndarray:
-    """A customer's shard: crc32 of its id modulo the shard count (stable across runs and machines)."""
-    return np.fromiter((zlib.crc32(str(i).encode()) % shards for i in ids), dtype=np.int64, count=len(ids))
 
 
 def shard_count(rows: int, rows_per_shard: int = ROWS_PER_SHARD) -> int:
@@ -148,82 +148,122 @@ class CheckOutcome:
     metadata: dict = field(default_factory=dict)
 
 
-def _examples(values, limit: int = 5) -> str:
+def _examples(values, total: int | None = None, limit: int = 5) -> str:
     values = list(values)
-    return ", ".join(map(str, values[:limit])) + (f" (+{len(values) - limit:,} more)" if len(values) > limit else "")
+    total = len(values) if total is None else total
+    return ", ".join(map(str, values[:limit])) + (f" (+{total - limit:,} more)" if total > limit else "")
 
 
-def prediction_checks(predictions: pd.DataFrame, expected_ids: pd.Series,
-                      id_column: str = "customer_id") -> list[CheckOutcome]:
-    """The blocking checks of a week's predictions, each a reason the marts would be wrong:
-    one row per customer of the snapshot (the model-ready table's customers, each once), every
-    probability in [0, 1], no missing prediction."""
+EXAMPLES = 5  # ids kept per problem: enough to look one up, bounded whatever the week's size
+
+
+@dataclass
+class CheckCounts:
+    """What the blocking checks count over some rows: one shard's, or several shards' added up (a
+    customer is in exactly one shard, so sums are exact). `judge` turns them into the outcomes."""
+    rows: int = 0
+    customers_in_snapshot: int = 0
+    repeated: int = 0
+    missing: int = 0
+    extra: int = 0
+    examples: dict[str, list] = field(default_factory=dict)  # "repeated"/"missing"/"extra"/a column -> ids
+    outside: dict[str, list] = field(default_factory=dict)  # probability column -> [rows, min, max]
+    nulls: dict[str, int] = field(default_factory=dict)
+    absent: list[str] = field(default_factory=list)
+
+    def __add__(self, other: CheckCounts) -> CheckCounts:
+        outside = {c: list(v) for c, v in self.outside.items()}
+        for column, (n, low, high) in other.outside.items():
+            mine = outside.setdefault(column, [0, low, high])
+            outside[column] = [mine[0] + n, min(mine[1], low), max(mine[2], high)]
+        examples = {k: list(v) for k, v in self.examples.items()}
+        for key, ids in other.examples.items():
+            examples[key] = (examples.get(key, []) + list(ids))[:EXAMPLES]
+        nulls = dict(self.nulls)
+        for column, n in other.nulls.items():
+            nulls[column] = nulls.get(column, 0) + n
+        return CheckCounts(self.rows + other.rows, self.customers_in_snapshot + other.customers_in_snapshot,
+                           self.repeated + other.repeated, self.missing + other.missing, self.extra + other.extra,
+                           examples, outside, nulls, sorted(set(self.absent) | set(other.absent)))
+
+
+def count_checks(predictions: pd.DataFrame, expected_ids: pd.Series, id_column: str = "customer_id") -> CheckCounts:
+    """The checks' counts for predictions of the customers `expected_ids` (a shard's, or the week's)."""
     ids, expected = predictions[id_column], pd.Series(expected_ids)
     repeated = ids[ids.duplicated()].unique()
     missing = sorted(set(expected) - set(ids))
     extra = sorted(set(ids) - set(expected))
-    problems = []
-    if len(repeated):
-        problems.append(f"{len(repeated):,} customer(s) with more than one row, e.g. {_examples(repeated)}")
-    if missing:
-        problems.append(f"{len(missing):,} customer(s) of the snapshot without a row, e.g. {_examples(missing)}")
-    if extra:
-        problems.append(f"{len(extra):,} row(s) for customers not in the snapshot, e.g. {_examples(extra)}")
-    one_row = CheckOutcome(
-        "one_row_per_customer", not problems,
-        "; ".join(problems) if problems else
-        f"{len(ids):,} rows: each of the snapshot's {expected.nunique():,} customers once",
-        {"rows": len(ids), "customers_in_snapshot": int(expected.nunique()),
-         "customers_with_several_rows": len(repeated), "customers_without_a_row": len(missing),
-         "rows_not_in_snapshot": len(extra)})
-
-    outside, counts = [], {}
+    counts = CheckCounts(rows=len(ids), customers_in_snapshot=int(expected.nunique()), repeated=len(repeated),
+                         missing=len(missing), extra=len(extra))
+    for key, values in (("repeated", repeated), ("missing", missing), ("extra", extra)):
+        if len(values):
+            counts.examples[key] = list(values[:EXAMPLES])
     for column in PROBABILITY_COLUMNS:
         values = pd.to_numeric(predictions[column], errors="coerce")
         bad = values[(values < 0) | (values > 1)]
-        counts[f"{column}_outside_0_1"] = len(bad)
+        counts.outside[column] = [len(bad), float(bad.min()) if len(bad) else math.inf,
+                                  float(bad.max()) if len(bad) else -math.inf]
         if len(bad):
-            outside.append(f"{column}: {len(bad):,} row(s) outside [0, 1] (observed {bad.min():.4g} … "
-                           f"{bad.max():.4g}), e.g. customers {_examples(predictions.loc[bad.index, id_column])}")
-    in_range = CheckOutcome("probabilities_in_range", not outside,
-                            "; ".join(outside) or f"{', '.join(PROBABILITY_COLUMNS)}: every row within [0, 1]", counts)
-
+            counts.examples[column] = list(predictions.loc[bad.index[:EXAMPLES], id_column])
     required = [c for c, (_, nullable, _) in PREDICTION_COLUMNS.items() if not nullable and c in predictions]
-    nulls = {c: int(predictions[c].isna().sum()) for c in required}
+    counts.nulls = {c: int(predictions[c].isna().sum()) for c in required}
     with_drivers = predictions["churn_drivers_method"] != "none" if "churn_drivers_method" in predictions else None
     if with_drivers is not None:  # a churn model that explains its predictions names every driver
         for i in range(1, TOP_DRIVERS + 1):
             for column in (f"churn_driver_{i}", f"churn_driver_{i}_contribution"):
                 if column in predictions:
-                    nulls[column] = int(predictions.loc[with_drivers, column].isna().sum())
-    absent = [c for c in PREDICTION_COLUMNS if c not in predictions]
-    found = {c: n for c, n in nulls.items() if n}
-    problems = [f"{c}: {n:,} null row(s)" for c, n in found.items()] + [f"column {c} is missing" for c in absent]
+                    counts.nulls[column] = int(predictions.loc[with_drivers, column].isna().sum())
+    counts.absent = [c for c in PREDICTION_COLUMNS if c not in predictions]
+    return counts
+
+
+def judge(counts: CheckCounts) -> list[CheckOutcome]:
+    """The blocking checks of a week's predictions, each a reason the marts would be wrong: one row per
+    customer of the snapshot (the model-ready table's customers, each once), every probability in
+    [0, 1], no missing prediction."""
+    problems = []
+    if counts.repeated:
+        problems.append(f"{counts.repeated:,} customer(s) with more than one row, e.g. "
+                        f"{_examples(counts.examples['repeated'], counts.repeated)}")
+    if counts.missing:
+        problems.append(f"{counts.missing:,} customer(s) of the snapshot without a row, e.g. "
+                        f"{_examples(counts.examples['missing'], counts.missing)}")
+    if counts.extra:
+        problems.append(f"{counts.extra:,} row(s) for customers not in the snapshot, e.g. "
+                        f"{_examples(counts.examples['extra'], counts.extra)}")
+    one_row = CheckOutcome(
+        "one_row_per_customer", not problems,
+        "; ".join(problems) if problems else
+        f"{counts.rows:,} rows: each of the snapshot's {counts.customers_in_snapshot:,} customers once",
+        {"rows": counts.rows, "customers_in_snapshot": counts.customers_in_snapshot,
+         "customers_with_several_rows": counts.repeated, "customers_without_a_row": counts.missing,
+         "rows_not_in_snapshot": counts.extra})
+
+    outside, metadata = [], {}
+    for column in PROBABILITY_COLUMNS:
+        n, low, high = counts.outside.get(column, [0, math.inf, -math.inf])
+        metadata[f"{column}_outside_0_1"] = n
+        if n:
+            outside.append(f"{column}: {n:,} row(s) outside [0, 1] (observed {low:.4g} … {high:.4g}), e.g. "
+                           f"customers {_examples(counts.examples[column], n)}")
+    in_range = CheckOutcome("probabilities_in_range", not outside,
+                            "; ".join(outside) or f"{', '.join(PROBABILITY_COLUMNS)}: every row within [0, 1]",
+                            metadata)
+
+    found = {c: n for c, n in counts.nulls.items() if n}
+    problems = [f"{c}: {n:,} null row(s)" for c, n in found.items()] + [f"column {c} is missing"
+                                                                         for c in counts.absent]
     no_nulls = CheckOutcome("no_null_predictions", not problems,
-                            "; ".join(problems) or f"no null in the {len(nulls)} prediction columns",
+                            "; ".join(problems) or f"no null in the {len(counts.nulls)} prediction columns",
                             {"null_rows": sum(found.values()), "columns_with_nulls": ", ".join(found) or "none",
-                             "missing_columns": ", ".join(absent) or "none"})
+                             "missing_columns": ", ".join(counts.absent) or "none"})
     return [one_row, in_range, no_nulls]
 
 
-def driver_directions(predictions: pd.DataFrame, at_least: float = AT_RISK_CHURN_PROBABILITY) -> pd.DataFrame:
-    """How the top churn driver of the customers at or above a churn probability pushes their risk:
-    per driver, the customers it is the top driver for, how many of them it raises / lowers churn
-    risk for, and the mean contribution (log-odds) each way. Most frequent first."""
-    rows = predictions[(predictions["churn_probability"] >= at_least) & predictions["churn_driver_1"].notna()]
-    contribution = rows["churn_driver_1_contribution"]
-    frame = pd.DataFrame({"driver": rows["churn_driver_1"], "contribution": contribution,
-                          "raises": contribution > 0, "lowers": contribution < 0})
-    if frame.empty:
-        return pd.DataFrame(columns=["driver", "customers", "raises", "lowers", "mean_raising", "mean_lowering"])
-    grouped = frame.groupby("driver")
-    out = pd.DataFrame({
-        "customers": grouped.size().astype(int), "raises": grouped["raises"].sum().astype(int),
-        "lowers": grouped["lowers"].sum().astype(int),
-        "mean_raising": frame[frame["raises"]].groupby("driver")["contribution"].mean(),
-        "mean_lowering": frame[frame["lowers"]].groupby("driver")["contribution"].mean(),
-    }).reset_index()
-    return out.sort_values(["customers", "driver"], ascending=[False, True], ignore_index=True)
+def prediction_checks(predictions: pd.DataFrame, expected_ids: pd.Series,
+                      id_column: str = "customer_id") -> list[CheckOutcome]:
+    """`judge(count_checks(...))`: the checks of predictions held in one frame."""
+    return judge(count_checks(predictions, expected_ids, id_column))
 
 
 def direction_words(contribution: float) -> str:
@@ -242,14 +282,147 @@ def prediction_key(week: str, shard: int) -> str:
     return f"{PREDICTIONS_PREFIX}/snapshot_week={week}/shard={shard:02d}.parquet"
 
 
-def write_shards(lake: Lake, week: str, predictions: pd.DataFrame, shards: int) -> list[str]:
-    """Write each shard atomically, then remove shards a previous run with more shards left."""
-    numbers = shard_numbers(predictions["customer_id"], shards)
+def _relation(predictions: pd.DataFrame | str) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A DuckDB connection and the relation to read predictions from: a frame, or a Parquet glob (the
+    spooled shards of a week, however many customers: DuckDB streams them)."""
+    con = duckdb.connect()
+    if isinstance(predictions, pd.DataFrame):
+        con.register("predictions_frame", predictions)
+        return con, "predictions_frame"
+    return con, f"read_parquet('{predictions}')"
+
+
+def driver_directions(predictions: pd.DataFrame | str, at_least: float = AT_RISK_CHURN_PROBABILITY) -> pd.DataFrame:
+    """How the top churn driver of the customers at or above a churn probability pushes their risk:
+    per driver, the customers it is the top driver for, how many of them it raises / lowers churn
+    risk for, and the mean contribution (log-odds) each way. Most frequent first."""
+    con, relation = _relation(predictions)
+    with con:
+        return con.execute(f"""
+            select churn_driver_1 as driver, count(*)::bigint as customers,
+                   count(*) filter (where churn_driver_1_contribution > 0)::bigint as raises,
+                   count(*) filter (where churn_driver_1_contribution < 0)::bigint as lowers,
+                   avg(churn_driver_1_contribution) filter (where churn_driver_1_contribution > 0) as mean_raising,
+                   avg(churn_driver_1_contribution) filter (where churn_driver_1_contribution < 0) as mean_lowering
+            from {relation}
+            where churn_probability >= ? and churn_driver_1 is not null
+            group by all order by customers desc, driver""", [at_least]).fetch_df()
+
+
+def summarize(predictions: pd.DataFrame | str) -> dict:
+    """The week's headline numbers and segment counts, computed by DuckDB (bounded memory)."""
+    con, relation = _relation(predictions)
+    with con:
+        row = con.execute(f"""
+            select count(*), count(distinct customer_id), avg(churn_probability),
+                   quantile_cont(churn_probability, 0.9), count(distinct churn_probability),
+                   count(*) filter (where churn_probability >= ?), avg(predicted_engagement_score),
+                   quantile_cont(predicted_engagement_score, 0.1), quantile_cont(predicted_engagement_score, 0.9),
+                   sum(predicted_lifetime_value_usd), count(*) filter (where is_anomaly), avg(is_anomaly::double),
+                   count(*) filter (where churn_drivers_method = 'exact_treeshap')
+            from {relation}""", [AT_RISK_CHURN_PROBABILITY]).fetchone()
+        segments = con.execute(f"select segment, count(*)::bigint as customers from {relation} "
+                               "group by all order by customers desc, segment").fetch_df()
+    names = ("rows", "customers", "mean_churn_probability", "churn_probability_p90", "distinct_churn_probabilities",
+             "at_risk_customers", "mean_predicted_engagement", "predicted_engagement_p10",
+             "predicted_engagement_p90", "total_predicted_ltv_usd", "anomalies", "anomaly_share", "exact_driver_rows")
+    return {**dict(zip(names, row, strict=True)), "segments": segments}
+
+
+# ---------------------------------------------------------------------------------------------
+# A week, shard by shard: bounded memory, one process per core
+
+
+@dataclass(frozen=True)
+class ServingModels:
+    """The models that score a run, by version (picklable: each worker loads the same ones)."""
+    store: Lake
+    versions: dict[str, str]
+
+    def load(self) -> dict[str, tuple[ModelKind | NaiveBaseline, str]]:
+        from engagement_dagster.core.ml.registry import ModelRegistry
+
+        registry = ModelRegistry(self.store)
+        return {name: (registry.load_serving(name, version), version) for name, version in self.versions.items()}
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    rows: int
+    counts: CheckCounts
+    path: str
+
+
+def shard_path(spool: Path, shard: int) -> Path:
+    return Path(spool) / f"shard={shard:02d}.parquet"
+
+
+def score_shard(source: ShardSource, champions: dict, shard: int, shards: int, spool: Path,
+                scored_at: pd.Timestamp) -> ShardResult:
+    """Reads, scores and spools one shard; counts its checks against the rows it read."""
+    frame = source.read(shard, shards)
+    predictions = score(frame, champions, scored_at=scored_at)
+    counts = count_checks(predictions, frame["customer_id"])
+    path = shard_path(spool, shard)
+    predictions.to_parquet(path, index=False)
+    return ShardResult(shard, len(predictions), counts, str(path))
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(source: ShardSource, models: ServingModels) -> None:
+    _WORKER.update(source=source, champions=models.load())
+
+
+def _score_in_worker(shard: int, shards: int, spool: str, scored_at: pd.Timestamp) -> ShardResult:
+    return score_shard(_WORKER["source"], _WORKER["champions"], shard, shards, Path(spool), scored_at)
+
+
+def score_shards(source: ShardSource, models: ServingModels, shards: int, spool: Path, workers: int = 1,
+                 scored_at: pd.Timestamp | None = None, champions: dict | None = None,
+                 only: Sequence[int] | None = None) -> list[ShardResult]:
+    """Scores every shard (or the shards `only` names, of `shards`) into `spool`, one shard in memory per
+    worker at a time. `workers` > 1: that many processes (spawned: a fresh interpreter each, one XGBoost
+    thread each), each loading the models once. A shard's content depends on its customers, the models
+    and `scored_at`, never on the worker count or on which other shards run beside it."""
+    scored_at = scored_at if scored_at is not None else pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
+    todo = list(range(shards)) if only is None else sorted(set(only))
+    if any(not 0 <= shard < shards for shard in todo):
+        raise ValueError(f"shards {todo} are not all among the {shards} shards")
+    workers = max(1, min(workers, len(todo)))
+    if workers == 1:
+        champions = champions if champions is not None else models.load()
+        return [score_shard(source, champions, shard, shards, spool, scored_at) for shard in todo]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Set before the workers start (and read by the libraries as they load there): one thread each,
+    # the processes share the cores.
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(source, models)) as pool:
+            futures = [pool.submit(_score_in_worker, shard, shards, str(spool), scored_at) for shard in todo]
+            return [future.result() for future in futures]
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def publish_shards(lake: Lake, week: str, results: list[ShardResult]) -> list[str]:
+    """Publishes the spooled shards (each write atomic), then removes shards a previous run with more
+    shards left."""
     uris = []
-    for shard in range(shards):
-        uris.append(lake.write_parquet(prediction_key(week, shard), predictions[numbers == shard]))
+    for result in sorted(results, key=lambda r: r.shard):
+        uris.append(lake.write_file(prediction_key(week, result.shard), Path(result.path)))
         faults.checkpoint("scoring")
-    keep = {prediction_key(week, s) for s in range(shards)}
+    keep = {prediction_key(week, r.shard) for r in results}
     for key in lake.list_keys(f"{PREDICTIONS_PREFIX}/snapshot_week={week}/"):
         if key not in keep:
             lake.delete(key)

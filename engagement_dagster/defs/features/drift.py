@@ -53,7 +53,7 @@ def _skip(context: dg.AssetCheckExecutionContext, week: str | None, reason: str)
                 "top drifting features in its metadata. Skipped on a week without a previous one.",
 )
 def feature_drift(context: dg.AssetCheckExecutionContext, warehouse: Warehouse, lake: Lake):
-    frame = warehouse.read_table(MODEL_INPUT)
+    frame = warehouse.query(drift.sample_sql(warehouse.relation(MODEL_INPUT))).drop(columns="sample_rank")
     held = sorted(set(_weeks(frame))) if len(frame) else []
     week = context.partition_key if context.has_partition_key else (held[-1] if held else None)
     if week is None or week not in held:

@@ -11,7 +11,15 @@ from engagement_dagster.core.data.snapshot import oracle_key
 from engagement_dagster.core.ml import evaluation
 from engagement_dagster.core.ml.feature_roles import MODEL_INPUT, read_roles
 from engagement_dagster.core.ml.registry import Commit, ModelRegistry, data_fingerprint, promotion_decision
-from engagement_dagster.core.ml.training import MODEL_KINDS, NaiveBaseline, new_model, splits
+from engagement_dagster.core.ml.training import (
+    MAX_TEST_ROWS,
+    MAX_TRAINING_ROWS,
+    MODEL_KINDS,
+    NaiveBaseline,
+    new_model,
+    sample_sql,
+    splits,
+)
 from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.partitions import weekly_partitions
 from engagement_dagster.defs.resources.lake import Lake
@@ -23,6 +31,10 @@ MODEL_KEYS = {name: dg.AssetKey(["models", name]) for name in MODEL_KINDS}
 
 
 class TrainingConfig(dg.Config):
+    max_training_rows: int = Field(default=MAX_TRAINING_ROWS, description=(
+        "Train rows at most (valid rows in proportion): the customers with the smallest hash, the same "
+        "customers week after week. More rows stop paying off beyond this (docs/benchmarks.md, learning curve)."))
+    max_test_rows: int = Field(default=MAX_TEST_ROWS, description="Test rows at most (smallest hash first).")
     promotion_tolerance: float = Field(
         default=0.02, description="How much worse (relative) than the champion a challenger may be on the primary "
                                   "metric; negative: how much better it must be.")
@@ -54,7 +66,9 @@ def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake
     boosters that each try to use every core (measured: 5.9 s vs 7.0 s for six models on 2 cores)."""
     week = context.partition_key
     roles = read_roles(engagement_dbt.manifest_path)
-    parts = splits(warehouse.read_table(MODEL_INPUT), roles)
+    sample = warehouse.query(sample_sql(warehouse.relation(MODEL_INPUT), roles, config.max_training_rows,
+                                        config.max_test_rows)).drop(columns="sample_rank")
+    parts = splits(sample, roles)
     oracle = lake.read_parquet(oracle_key(week)) if lake.exists(oracle_key(week)) else None
     registry = ModelRegistry(lake)
     recovered = registry.recover()  # undoes what a killed training left: a commit half applied, staged files

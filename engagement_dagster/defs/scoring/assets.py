@@ -2,10 +2,13 @@
 column schema and blocking checks (one row per customer of the snapshot, probabilities in [0, 1], no
 missing prediction): a failure stops the marts, which would be wrong."""
 
+import os
+import tempfile
+from pathlib import Path
+
 import dagster as dg
-import numpy as np
 import pandas as pd
-import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from engagement_dagster.core.ml import scoring
@@ -41,18 +44,21 @@ CHECKS = {
 
 class ScoringConfig(dg.Config):
     rows_per_shard: int = Field(default=scoring.ROWS_PER_SHARD, description="Target rows per prediction shard.")
+    workers: int = Field(default=0, description=(
+        "Scoring processes, one shard each at a time. 0: one per core when the week has at least "
+        f"{scoring.PARALLEL_FROM_ROWS:,} customers (below that, starting processes costs more than it saves), "
+        "else the run's own process."))
 
 
-def _segment_table(predictions: pd.DataFrame) -> str:
-    counts = predictions["segment"].value_counts()
-    total = int(counts.sum())
+def _segment_table(segments: pd.DataFrame) -> str:
+    total = int(segments["customers"].sum())
     return "\n".join(["| segment | customers | share |", "|---|---|---|",
-                      *(f"| {name} | {int(n):,} | {n / total:.1%} |" for name, n in counts.items())])
+                      *(f"| {r.segment} | {int(r.customers):,} | {r.customers / total:.1%} |"
+                        for r in segments.itertuples())])
 
 
-def _drivers_table(predictions: pd.DataFrame, rows: int = 5) -> str:
+def _drivers_table(drivers: pd.DataFrame, rows: int = 5) -> str:
     """The at-risk customers' top churn drivers, and which way each pushes their risk."""
-    drivers = scoring.driver_directions(predictions)
     if drivers.empty:
         return (f"No customer with churn probability ≥ {scoring.AT_RISK_CHURN_PROBABILITY} has churn drivers this "
                 "week.")
@@ -84,49 +90,62 @@ def _drivers_table(predictions: pd.DataFrame, rows: int = 5) -> str:
 )
 def customer_predictions(context: dg.AssetExecutionContext, config: ScoringConfig, lake: Lake, warehouse: Warehouse,
                          catalog: Catalog, writer_lease: WriterLease):
+    """Shard by shard (the customers whose hash modulo the shard count is the shard), each read, scored and
+    spooled on its own, in several processes for a large week: memory holds a shard per worker, never the
+    week. Checked on the spooled shards, then published."""
     week = context.partition_key
-    frame = warehouse.read_table(MODEL_INPUT)
+    source = warehouse.shard_source(MODEL_INPUT)
+    rows = source.count()
     registry = ModelRegistry(lake)
     champions = {name: registry.serving(name) for name in MODEL_KEYS}
-    on_baseline = sorted(name for name, (_, version) in champions.items() if version == "baseline")
+    versions = {name: version for name, (_, version) in champions.items()}
+    on_baseline = sorted(name for name, version in versions.items() if version == "baseline")
     if on_baseline:
         context.log.warning(f"served by their naive baseline (no champion yet): {', '.join(on_baseline)}")
-    predictions = scoring.score(frame, champions)
-    outcomes = scoring.prediction_checks(predictions, frame["customer_id"])
-    failed = [o for o in outcomes if not o.passed]
-    if failed:
-        # Nothing is published: the week's previous predictions (if any) stay as they were, and the
-        # marts, which would be wrong, are not built.
-        for outcome in outcomes:
-            yield _check_result(outcome)
-        raise dg.Failure(description="customer_predictions not published: " + "; ".join(
-            f"{o.name}: {o.description}" for o in failed))
-    shards = scoring.shard_count(len(predictions), config.rows_per_shard)
-    uris = scoring.write_shards(lake, week, predictions, shards)
-    catalog.register_partition(scoring.PREDICTIONS_TABLE, lake.uri(scoring.PREDICTIONS_PREFIX),
-                               pa.Schema.from_pandas(predictions, preserve_index=False), week)
-    churn = predictions["churn_probability"]
-    engagement = predictions["predicted_engagement_score"]
+    shards = scoring.shard_count(rows, config.rows_per_shard)
+    workers = config.workers or ((os.cpu_count() or 1) if rows >= scoring.PARALLEL_FROM_ROWS else 1)
+    with tempfile.TemporaryDirectory(prefix="engagement-scoring-") as spool:
+        results = scoring.score_shards(source, scoring.ServingModels(lake.store(), versions), shards, Path(spool),
+                                       workers, champions=champions)
+        counts = sum((r.counts for r in results), scoring.CheckCounts())
+        if counts.customers_in_snapshot < rows:  # rows no shard read (a customer without a hash)
+            counts.missing += rows - counts.customers_in_snapshot
+            counts.customers_in_snapshot = rows
+        outcomes = scoring.judge(counts)
+        failed = [o for o in outcomes if not o.passed]
+        if failed:
+            # Nothing is published: the week's previous predictions (if any) stay as they were, and the
+            # marts, which would be wrong, are not built.
+            for outcome in outcomes:
+                yield _check_result(outcome)
+            raise dg.Failure(description="customer_predictions not published: " + "; ".join(
+                f"{o.name}: {o.description}" for o in failed))
+        spooled = f"{spool}/*.parquet"
+        summary, drivers = scoring.summarize(spooled), scoring.driver_directions(spooled)
+        schema = pq.read_schema(results[0].path)
+        uris = scoring.publish_shards(lake, week, results)
+    catalog.register_partition(scoring.PREDICTIONS_TABLE, lake.uri(scoring.PREDICTIONS_PREFIX), schema, week)
     yield dg.MaterializeResult(metadata={
-        "dagster/row_count": len(predictions),
+        "dagster/row_count": int(summary["rows"]),
         "dagster/column_schema": PREDICTIONS_SCHEMA,
-        "customers": int(predictions["customer_id"].nunique()),
-        "mean_churn_probability": round_sig(churn.mean()),
-        "churn_probability_p90": round_sig(np.quantile(churn, 0.9)),
-        "distinct_churn_probabilities": int(churn.nunique()),
-        "at_risk_customers": int((churn >= scoring.AT_RISK_CHURN_PROBABILITY).sum()),
-        "mean_predicted_engagement": round_sig(engagement.mean()),
-        "predicted_engagement_p10": round_sig(np.quantile(engagement, 0.1)),
-        "predicted_engagement_p90": round_sig(np.quantile(engagement, 0.9)),
-        "total_predicted_ltv_usd": round(float(predictions["predicted_lifetime_value_usd"].sum()), 2),
-        "anomalies": int(predictions["is_anomaly"].sum()),
-        "anomaly_share": round_sig(predictions["is_anomaly"].mean()),
-        "exact_driver_rows": int((predictions["churn_drivers_method"] == "exact_treeshap").sum()),
-        "segments": dg.MetadataValue.md(_segment_table(predictions)),
-        "churn_drivers": dg.MetadataValue.md(_drivers_table(predictions)),
-        "champion_versions": dg.MetadataValue.json({n: v for n, (_, v) in champions.items()}),
+        "customers": int(summary["customers"]),
+        "mean_churn_probability": round_sig(summary["mean_churn_probability"]),
+        "churn_probability_p90": round_sig(summary["churn_probability_p90"]),
+        "distinct_churn_probabilities": int(summary["distinct_churn_probabilities"]),
+        "at_risk_customers": int(summary["at_risk_customers"]),
+        "mean_predicted_engagement": round_sig(summary["mean_predicted_engagement"]),
+        "predicted_engagement_p10": round_sig(summary["predicted_engagement_p10"]),
+        "predicted_engagement_p90": round_sig(summary["predicted_engagement_p90"]),
+        "total_predicted_ltv_usd": round(float(summary["total_predicted_ltv_usd"]), 2),
+        "anomalies": int(summary["anomalies"]),
+        "anomaly_share": round_sig(summary["anomaly_share"]),
+        "exact_driver_rows": int(summary["exact_driver_rows"]),
+        "segments": dg.MetadataValue.md(_segment_table(summary["segments"])),
+        "churn_drivers": dg.MetadataValue.md(_drivers_table(drivers)),
+        "champion_versions": dg.MetadataValue.json(versions),
         "models_on_naive_baseline": ", ".join(on_baseline) or "none",
         "shards": shards,
+        "scoring_processes": max(1, min(workers, shards)),
         "path": dg.MetadataValue.path(uris[0].rsplit("/", 1)[0]),
     })
     for outcome in outcomes:
