@@ -481,6 +481,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="erase one customer from the lake, the warehouse, the knowledge base and the cache (--dry-run)")
     sub.add_parser("export-features", add_help=False,
                    help="regenerate the API's online features from the dbt models (--check: fail when stale)")
+    # The scoring stage fanned out over machines (the Step Functions export runs these; no Dagster).
+    fanout_commands = {
+        "scoring-plan": ("plan_main", "pin the week's scoring (versions, shards, scored_at) and the Map's items"),
+        "score-group": ("score_group_main", "score one group of shards of the week's plan and stage them"),
+        "scoring-publish": ("publish_main", "check the staged shards of the week and publish them (or refuse)"),
+    }
+    for name, (_, text) in fanout_commands.items():
+        sub.add_parser(name, add_help=False, help=text)
     serve_parser = sub.add_parser("serve", help="serve the prediction API with uvicorn (imports no Dagster)")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000)
@@ -503,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         from engagement_dagster.core.kb.ask import ask_main
 
         return ask_main(rest)
+    if args.command in fanout_commands:
+        from engagement_dagster.core.ml import fanout
+
+        return getattr(fanout, fanout_commands[args.command][0])(rest)
     if args.command == "export-sfn":
         from engagement_dagster.export.step_functions import export_sfn_main
 

@@ -117,7 +117,7 @@ def committed_models(model: str | None = None, old: str = "", new: str = "") -> 
     if model:
         assert old in sql[model], f"{old!r} is not in {model}"
         sql[model] = sql[model].replace(old, new)
-    roles = {**generated.OUTPUT_ROLES, **dict.fromkeys(TARGETS, "target"), "split": "split"}
+    roles = {**generated.OUTPUT_ROLES, **dict.fromkeys(TARGETS, "target"), "split": "split", "customer_hash": "key"}
     return export.CompiledModels(sql, dict(generated.RELATIONS), generated.SOURCE_RELATION, roles)
 
 
@@ -169,7 +169,7 @@ def test_online_features_equal_the_warehouse_for_every_customer_of_the_week(kb_w
     online = online_features(rows, dt.date.fromisoformat(week))
     assert len(online) == len(warehouse) == len(raw) > 1000
     assert {r["snapshot_week"] for r in warehouse.values()} == {dt.date.fromisoformat(week)}
-    assert set(OUTPUT_COLUMNS) == {c for c in names if c not in (*TARGETS, "split")}
+    assert set(OUTPUT_COLUMNS) == {c for c in names if c not in (*TARGETS, "split", "customer_hash")}
     for features in online:
         want = {c: warehouse[features["customer_id"]][c] for c in OUTPUT_COLUMNS}
         assert_same(features, want, features["customer_id"])

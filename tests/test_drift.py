@@ -122,6 +122,7 @@ def model_input(week: str, seed: int, shift: bool = False) -> pd.DataFrame:
     for name in ROLES.targets:
         frame[name] = rng.uniform(0, 1, ROWS)
     frame[ROLES.split] = rng.choice(["train", "valid", "test"], ROWS)
+    frame[ROLES.key] = rng.integers(0, 2**32, ROWS)
     frame = pd.DataFrame(frame)
     if shift:
         for name in SHIFTED:

@@ -2,8 +2,10 @@
 
 The committed files are a fresh export; stages follow the asset graph (Parallel for independent
 groups, a group split where it depends on itself through another group); both ASL validators from
-npm accept the machine and reject broken ones; the week arithmetic equals Dagster's partitions; and
-the machine runs on moto's Step Functions, launching one ECS task per stage in dependency order.
+npm accept the machine and reject broken ones; the week arithmetic equals Dagster's partitions; the
+scoring stage fans out (a plan task, a Distributed Map over the plan's groups of shards read from the
+lake, each group retried alone, a publish task, then the dbt marts); and the machine runs on moto's
+Step Functions, launching one ECS task per stage, and one per group of shards, in dependency order.
 
 The validators run through npx (node/npm; the first run downloads them): without npx these tests
 skip, unless ENGAGEMENT_REQUIRE_VALIDATORS=1 (CI), where they fail.
@@ -38,7 +40,11 @@ SAMPLE_VALUES = {
     "subnet_ids_json": ["subnet-0a1b2c3d4e5f60708", "subnet-0a1b2c3d4e5f60709"],
     "security_group_ids_json": ["sg-0a1b2c3d4e5f60708"],
     "sns_topic_arn": "arn:aws:sns:eu-west-1:123456789012:engagement-dagster-weekly-refresh-failures",
+    "lake_bucket": "engagement-dagster-lake-123456789012",
+    "lake_key_prefix": "team/lake/",
+    "scoring_max_concurrency_json": 20,
 }
+FANOUT_STATES = ["Plan predictions", "Score predictions by shard group", "Publish predictions"]
 ASL_VALIDATOR = ["npx", "--yes", "asl-validator@4.0.0"]
 STATELINT = ["npx", "--yes", "-p", "@wmfs/statelint", "statelint"]
 ECS_TARGET = sfn.EcsTarget("engagement-dagster", "engagement-dagster-run", "engagement-dagster",
@@ -68,20 +74,24 @@ def machine(exported):
 # ---------------------------------------------------------------------------------------------
 
 def ecs_tasks(states: dict) -> dict[str, dict]:
-    """Every ecs:runTask.sync state, Parallel branches included."""
+    """Every ecs:runTask.sync state, Parallel branches and Map item processors included."""
     found = {}
     for name, state in states.items():
         if state.get("Resource") == sfn.ECS_RUN_TASK_SYNC:
             found[name] = state
-        for branch in state.get("Branches", ()):
+        for branch in [*state.get("Branches", ()), *([state["ItemProcessor"]] if "ItemProcessor" in state else [])]:
             found.update(ecs_tasks(branch["States"]))
     return found
 
 
-def selection_of(task: dict) -> str:
-    command = task["Parameters"]["Overrides"]["ContainerOverrides"][0]["Command.$"]
-    match = re.search(r"'--select', '((?:[^'\\]|\\.)*)'", command)
-    return re.sub(r"\\(.)", r"\1", match.group(1))
+def command_of(task: dict) -> str:
+    return task["Parameters"]["Overrides"]["ContainerOverrides"][0]["Command.$"]
+
+
+def selection_of(task: dict) -> str | None:
+    """The --select of a `dagster asset materialize` task; None for the fan-out's CLI tasks."""
+    match = re.search(r"'--select', '((?:[^'\\]|\\.)*)'", command_of(task))
+    return re.sub(r"\\(.)", r"\1", match.group(1)) if match else None
 
 
 def completed_before(states: dict, start: str, done: frozenset = frozenset(), into: dict | None = None) -> dict:
@@ -96,9 +106,9 @@ def completed_before(states: dict, start: str, done: frozenset = frozenset(), in
                 if target is not None:
                     completed_before(states, target, done, into)
             return into
-        if state["Type"] == "Parallel":
+        if state["Type"] in ("Parallel", "Map"):  # a Map completes all its items
             after = set(done)
-            for branch in state["Branches"]:
+            for branch in state.get("Branches") or [state["ItemProcessor"]]:
                 inner = completed_before(branch["States"], branch["StartAt"], done, {})
                 for task, before in inner.items():
                     into[task] = into[task] & before if task in into else set(before)

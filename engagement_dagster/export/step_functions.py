@@ -15,10 +15,30 @@ so every stage starts after all stages of its upstream assets. `--select` is `gr
 whole group, else the stage's asset keys; the export checks that each selection resolves, the way
 the CLI resolves it, to exactly that stage's assets.
 
+Fan-out. An asset of `FANOUTS` (today `scoring/customer_predictions`, `SCORING_FANOUT`) is not
+materialized by Dagster but computed across machines by CLI subcommands of the same image
+(engagement_dagster/core/ml/fanout.py): it plans as a stage of its own (`predictions`), so the other
+assets of its group form their own stage, selected by key (`scoring`: the dbt marts, after it). Its
+states: a task running `engagement-dagster scoring-plan --week W` (pins the champion versions, the
+shards, one `scored_at`, and writes the groups of shard ids to the lake as the Map's items), a
+Distributed Map whose `ItemReader` reads those items from the lake bucket (`s3:getObject`) and runs
+one child execution per group, each an `ecs:runTask.sync` task `engagement-dagster score-group --week
+W --group I`, `MaxConcurrency` groups at a time (a Terraform variable) and `ToleratedFailurePercentage`
+0, then a task running `engagement-dagster scoring-publish --week W` (the blocking checks over all
+shards; publishes, or refuses and publishes nothing). A shard's bytes depend on its customers, the
+models and the plan's `scored_at` only, so a failed group is retried alone (`States.TaskFailed`, twice,
+with backoff, inside its child execution) and a rerun writes identical shards. Sizes: plan and publish
+`LIGHT_SIZE` (an Athena count, registry pointers, S3 copies); groups `GROUP_SIZE`, 4 vCPU / 8 GB, one
+scoring process per vCPU with one shard (50,000 customers, well under 1 GB with the models) in memory
+each. Fargate bills vCPU and GB by the second, so a shard costs the same on any size; 4 vCPU halves
+the tasks (image pull, model loading: the fixed cost per task) against 2 vCPU, and 8 GB is the
+smallest memory Fargate pairs with 4 vCPU.
+
 Sizes. A stage takes the `ecs/cpu` / `ecs/memory` run tags of the most specific job that selects all
 of its assets (`training` for models, `scoring` for scoring: 16 vCPU / 64 GB); a job that selects the
 whole export (`weekly_refresh`) sizes a one-task run of everything and says nothing about one stage.
-Other stages (ingest streams files, features is dbt on Athena) get `LIGHT_SIZE`, 2 vCPU / 8 GB.
+Other stages (ingest streams files, features is dbt on Athena) get `LIGHT_SIZE`, 2 vCPU / 8 GB. A
+fan-out has its own sizes (above).
 
 Failures. `Retry` with exponential backoff and jitter on errors of the ECS API, not of our code:
 `ECS.AmazonECSException` (the SDK's class for throttling, "Rate exceeded", and tasks that could not
@@ -43,8 +63,9 @@ notification, saying so. `WeekCalendar.last_closed_week` is the same arithmetic 
 
 Deployment values are Terraform `templatefile()` placeholders (deploy/terraform/modules/orchestration
 renders the file with these variables): `${cluster_arn}`, `${task_definition_family}`,
-`${container_name}`, `${sns_topic_arn}` inside JSON strings, and `${subnet_ids_json}`,
-`${security_group_ids_json}` as bare JSON lists, so the committed file is JSON only once rendered.
+`${container_name}`, `${sns_topic_arn}`, `${lake_bucket}`, `${lake_key_prefix}` ("" or "prefix/")
+inside JSON strings, and `${subnet_ids_json}`, `${security_group_ids_json}` (bare JSON lists) and
+`${scoring_max_concurrency_json}` (a bare number), so the committed file is JSON only once rendered.
 `render_template` renders it the way templatefile does (tests, manual use); `EcsTarget` with concrete
 values exports plain JSON instead.
 
@@ -103,6 +124,13 @@ SUCCEEDED = "Weekly refresh succeeded"
 
 ECS_RUN_TASK_SYNC = "arn:aws:states:::ecs:runTask.sync"
 SNS_PUBLISH = "arn:aws:states:::sns:publish"
+S3_GET_OBJECT = "arn:aws:states:::s3:getObject"
+
+# A fanned-out stage (see `FanOut`).
+GROUP_SIZE = ("4096", "8192")  # one task per group of shards: 4 vCPU / 8 GB, one scoring process per vCPU
+GROUP_TIMEOUT_SECONDS = 3600  # per attempt; a group of 8 shards (400,000 customers) takes minutes
+GROUP_TASK_FAILED_RETRIES = 2  # a failed group is retried alone, twice, with backoff
+GROUP_STATE = "Score one shard group"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +142,9 @@ class EcsTarget:
     """Cluster (name or ARN), task definition (family or ARN), container, network, failure topic.
 
     `subnets` and `security_groups` are lists, or the name of a template variable holding a JSON
-    list written as "${name_json}" (emitted unquoted by `template_text`).
+    list written as "${name_json}" (emitted unquoted by `template_text`). For a fanned-out stage:
+    the lake's bucket and key prefix (where the Map reads its items) and the Map's concurrency (a
+    number, or "${name_json}").
     """
 
     cluster: str
@@ -123,6 +153,9 @@ class EcsTarget:
     subnets: Sequence[str] | str
     security_groups: Sequence[str] | str
     sns_topic_arn: str
+    lake_bucket: str | None = None
+    lake_key_prefix: str = ""  # "" or "prefix/" (with its slash)
+    max_concurrency: int | str = 10
 
 
 # The variables of deploy/terraform/modules/orchestration (local.definition_vars).
@@ -133,6 +166,9 @@ TERRAFORM = EcsTarget(
     subnets="${subnet_ids_json}",
     security_groups="${security_group_ids_json}",
     sns_topic_arn="${sns_topic_arn}",
+    lake_bucket="${lake_bucket}",
+    lake_key_prefix="${lake_key_prefix}",
+    max_concurrency="${scoring_max_concurrency_json}",
 )
 
 _PLACEHOLDER = re.compile(r"(?<!\$)\$\{(\w+)\}")
@@ -170,6 +206,36 @@ class AssetNode:
 
 
 @dataclass(frozen=True)
+class FanOut:
+    """An asset computed across machines by three CLI subcommands of the image instead of one
+    `dagster asset materialize`: `plan` (pins the work, writes the Map's items to the lake at
+    `items_key`), one `group` task per item (`--group <i>`), `publish`. Every command gets `--week`."""
+
+    asset_key: str
+    stage: str  # the stage's name (its own, apart from the asset's group)
+    plan: tuple[str, ...]
+    group: tuple[str, ...]
+    publish: tuple[str, ...]
+    items_key: str  # lake key of the Map's items, "{week}" standing for the week
+    plan_size: tuple[str, str] = LIGHT_SIZE
+    group_size: tuple[str, str] = GROUP_SIZE
+    publish_size: tuple[str, str] = LIGHT_SIZE
+
+
+# customer_predictions, shard by shard (engagement_dagster/core/ml/fanout.py): the marts of the scoring group
+# stay a Dagster stage after it.
+SCORING_FANOUT = FanOut(
+    asset_key="scoring/customer_predictions",
+    stage="predictions",
+    plan=("engagement-dagster", "scoring-plan"),
+    group=("engagement-dagster", "score-group"),
+    publish=("engagement-dagster", "scoring-publish"),
+    items_key="scoring/plans/snapshot_week={week}/items.json",
+)
+FANOUTS = (SCORING_FANOUT,)
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     group: str
@@ -179,6 +245,7 @@ class Stage:
     cpu: str = LIGHT_SIZE[0]
     memory: str = LIGHT_SIZE[1]
     sized_by: str | None = None  # the job whose run tags gave the size
+    fanout: FanOut | None = None  # computed by plan / Map over groups / publish, not by Dagster
 
     @property
     def heavy(self) -> bool:
@@ -487,9 +554,12 @@ def week_states(calendar: WeekCalendar, next_state: str, failure_state: str = NO
 # The state machine
 # ---------------------------------------------------------------------------------------------
 
+def _escape(text: str) -> str:
+    return re.sub(r"([\\'{}])", r"\\\1", text)
+
+
 def _intrinsic_string(text: str) -> str:
-    escaped = re.sub(r"([\\'{}])", r"\\\1", text)
-    return f"'{escaped}'"
+    return f"'{_escape(text)}'"
 
 
 def stage_command(stage: Stage, module: str = MODULE) -> str:
@@ -499,23 +569,40 @@ def stage_command(stage: Stage, module: str = MODULE) -> str:
             + ", $.run.snapshot_week, '--config-json', $.run.dagster_run_config)")
 
 
-def stage_retriers(stage: Stage) -> list[dict]:
-    """See the module docstring: ECS API errors on every stage, task failures once on light stages."""
+def _cli_command(fixed: Sequence[str], week_path: str, *extra: str) -> str:
+    return ("States.Array(" + ", ".join(_intrinsic_string(arg) for arg in fixed) + f", '--week', {week_path}"
+            + "".join(f", {arg}" for arg in extra) + ")")
+
+
+def _retriers(task_failed_attempts: int, interval: int = 60) -> list[dict]:
     retriers = [{
         # Throttling / no Fargate capacity at start, ECS 5xx, RunTask 200 with `failures`.
         "ErrorEquals": ["ECS.AmazonECSException", "ECS.ServerException", "AmazonECS.Unknown"],
         "IntervalSeconds": 30, "BackoffRate": 2.0, "MaxAttempts": 4, "MaxDelaySeconds": 300,
         "JitterStrategy": "FULL",
     }]
-    if not stage.heavy:
-        # A light rerun costs minutes of 2 vCPU; its failures are mostly S3/Athena/image-pull hiccups.
-        retriers.append({"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 60, "BackoffRate": 2.0,
-                         "MaxAttempts": 1})
+    if task_failed_attempts:
+        retriers.append({"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": interval, "BackoffRate": 2.0,
+                         "MaxAttempts": task_failed_attempts})
     return retriers
 
 
+def stage_retriers(stage: Stage) -> list[dict]:
+    """See the module docstring: ECS API errors on every stage, task failures once on light stages."""
+    # A light rerun costs minutes of 2 vCPU; its failures are mostly S3/Athena/image-pull hiccups.
+    return _retriers(0 if stage.heavy else 1)
+
+
+def stage_state_names(stage: Stage) -> list[str]:
+    """The stage's states in the order they run: one task, or a fan-out's plan, Map and publish."""
+    if stage.fanout is not None:
+        return [f"Plan {stage.name}", f"Score {stage.name} by shard group", f"Publish {stage.name}"]
+    return [f"Materialize {stage.name}"]
+
+
 def stage_state_name(stage: Stage) -> str:
-    return f"Materialize {stage.name}"
+    """The stage's first state."""
+    return stage_state_names(stage)[0]
 
 
 def layer_state_name(layer: Sequence[Stage]) -> str:
@@ -526,17 +613,17 @@ def layer_state_name(layer: Sequence[Stage]) -> str:
     return name if len(name) <= 80 else f"Materialize {len(names)} stages in parallel from {names[0]}"[:80]
 
 
-def task_state(stage: Stage, target: EcsTarget, module: str = MODULE) -> dict:
+def _ecs_task(target: EcsTarget, group: str, cpu: str, memory: str, command: str, timeout: int,
+              retry: list[dict], comment: str) -> dict:
     return {
         "Type": "Task",
-        "Comment": (f"{stage.name}: {', '.join(stage.asset_keys)} | {stage.cpu} CPU units, {stage.memory} MiB"
-                    + (f" (run tags of job {stage.sized_by})" if stage.sized_by else "")),
+        "Comment": comment,
         "Resource": ECS_RUN_TASK_SYNC,
         "Parameters": {
             "Cluster": target.cluster,
             "TaskDefinition": target.task_definition,
             "LaunchType": "FARGATE",
-            "Group": f"weekly-refresh:{stage.name}",
+            "Group": group,
             "PropagateTags": "TASK_DEFINITION",
             "NetworkConfiguration": {"AwsvpcConfiguration": {
                 "Subnets": target.subnets if isinstance(target.subnets, str) else list(target.subnets),
@@ -545,20 +632,103 @@ def task_state(stage: Stage, target: EcsTarget, module: str = MODULE) -> dict:
                 "AssignPublicIp": "DISABLED",
             }},
             "Overrides": {
-                "Cpu": stage.cpu,
-                "Memory": stage.memory,
-                "ContainerOverrides": [{"Name": target.container, "Command.$": stage_command(stage, module)}],
+                "Cpu": cpu,
+                "Memory": memory,
+                "ContainerOverrides": [{"Name": target.container, "Command.$": command}],
             },
         },
-        # The task description is in the execution history; the state keeps $.run for the next stage.
+        # The task description is in the execution history; the state keeps its input for the next one.
         "ResultPath": None,
-        "TimeoutSeconds": HEAVY_TIMEOUT_SECONDS if stage.heavy else LIGHT_TIMEOUT_SECONDS,
-        "Retry": stage_retriers(stage),
+        "TimeoutSeconds": timeout,
+        "Retry": retry,
     }
+
+
+def task_state(stage: Stage, target: EcsTarget, module: str = MODULE) -> dict:
+    return _ecs_task(
+        target, f"weekly-refresh:{stage.name}", stage.cpu, stage.memory, stage_command(stage, module),
+        HEAVY_TIMEOUT_SECONDS if stage.heavy else LIGHT_TIMEOUT_SECONDS, stage_retriers(stage),
+        f"{stage.name}: {', '.join(stage.asset_keys)} | {stage.cpu} CPU units, {stage.memory} MiB"
+        + (f" (run tags of job {stage.sized_by})" if stage.sized_by else ""))
+
+
+def _items_key_expression(fanout: FanOut, target: EcsTarget) -> str:
+    """The S3 key of the week's items: the lake's key prefix (a template variable, or text) and the key."""
+    before, after = fanout.items_key.split("{week}")
+    prefix = target.lake_key_prefix
+    prefix_text = prefix if _PLACEHOLDER.fullmatch(prefix) else _escape(prefix)
+    return f"States.Format('{prefix_text}{_escape(before)}{{}}{_escape(after)}', $.run.snapshot_week)"
+
+
+def fanout_states(stage: Stage, target: EcsTarget) -> list[tuple[str, dict]]:
+    """A fanned-out stage: a light task running `plan`, a Distributed Map over the plan's items (one
+    ECS task per group of shards, each retried alone on failure; no failure tolerated), a light task
+    running `publish`. In order, without Next/End/Catch."""
+    fanout = stage.fanout
+    if target.lake_bucket is None:
+        raise ValueError(f"stage {stage.name} fans out: the target needs the lake's bucket (its items' place)")
+    plan_name, map_name, publish_name = stage_state_names(stage)
+    light = _retriers(1)  # plan and publish: light, one retry of a failed task (S3/Athena hiccups)
+    plan = _ecs_task(
+        target, f"weekly-refresh:{stage.name}-plan", *fanout.plan_size,
+        _cli_command(fanout.plan, "$.run.snapshot_week"), LIGHT_TIMEOUT_SECONDS, light,
+        f"{stage.name}: pins {fanout.asset_key}'s work (versions, shards, groups) and writes the Map's items "
+        f"| {fanout.plan_size[0]} CPU units, {fanout.plan_size[1]} MiB")
+    group = _ecs_task(
+        target, f"weekly-refresh:{stage.name}-group", *fanout.group_size,
+        _cli_command(fanout.group, "$.snapshot_week", "'--group'", "States.Format('{}', $.group)"),
+        GROUP_TIMEOUT_SECONDS, _retriers(GROUP_TASK_FAILED_RETRIES),
+        f"{stage.name}: one group of shards of the plan | {fanout.group_size[0]} CPU units, "
+        f"{fanout.group_size[1]} MiB; a failed group is retried alone")
+    mapped = {
+        "Type": "Map",
+        "Comment": (f"{stage.name}: one child execution per group of shards of the week's plan, read from the "
+                    "lake; any group failing after its retries fails the Map (nothing is published)."),
+        "ItemReader": {
+            "Resource": S3_GET_OBJECT,
+            "ReaderConfig": {"InputType": "JSON"},
+            "Parameters": {"Bucket": target.lake_bucket, "Key.$": _items_key_expression(fanout, target)},
+        },
+        "ItemSelector": {"snapshot_week.$": "$.run.snapshot_week", "group.$": "$$.Map.Item.Value.group"},
+        "ItemProcessor": {
+            # STANDARD: ecs:runTask.sync is not available to EXPRESS executions (and a group may outlast 5 minutes).
+            "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": GROUP_STATE,
+            "States": {GROUP_STATE: {**group, "End": True}},
+        },
+        "MaxConcurrency": target.max_concurrency,
+        "ToleratedFailurePercentage": 0,
+        "ResultPath": None,
+    }
+    publish = _ecs_task(
+        target, f"weekly-refresh:{stage.name}-publish", *fanout.publish_size,
+        _cli_command(fanout.publish, "$.run.snapshot_week"), LIGHT_TIMEOUT_SECONDS, light,
+        f"{stage.name}: judges the staged shards' blocking checks and publishes {fanout.asset_key}, or refuses "
+        f"| {fanout.publish_size[0]} CPU units, {fanout.publish_size[1]} MiB")
+    return [(plan_name, plan), (map_name, mapped), (publish_name, publish)]
+
+
+def stage_states(stage: Stage, target: EcsTarget, module: str = MODULE) -> list[tuple[str, dict]]:
+    if stage.fanout is not None:
+        return fanout_states(stage, target)
+    return [(stage_state_name(stage), task_state(stage, target, module))]
+
+
+def _chain(states: list[tuple[str, dict]], last: dict, each: dict | None = None) -> dict[str, dict]:
+    """Links states in order: each gets `each` (a Catch), the last `last` (Next or End)."""
+    out = {}
+    for index, (name, state) in enumerate(states):
+        following = {"Next": states[index + 1][0]} if index + 1 < len(states) else last
+        out[name] = {**state, **(each or {}), **following}
+    return out
 
 
 def _catch() -> list[dict]:
     return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": NOTIFY}]
+
+
+def _stage_label(stage: Stage) -> str:
+    return f"{stage.name} (plan, shard groups, publish)" if stage.fanout is not None else stage.name
 
 
 def state_machine(stages: Sequence[Stage], target: EcsTarget, calendar: WeekCalendar, *, module: str = MODULE,
@@ -572,19 +742,18 @@ def state_machine(stages: Sequence[Stage], target: EcsTarget, calendar: WeekCale
     for index, layer in enumerate(stage_layers):
         following = names[index + 1] if index + 1 < len(names) else SUCCEEDED
         if len(layer) == 1:
-            state = {**task_state(layer[0], target, module), "Catch": _catch(), "Next": following}
+            states.update(_chain(stage_states(layer[0], target, module), {"Next": following}, {"Catch": _catch()}))
         else:
-            state = {
+            states[names[index]] = {
                 "Type": "Parallel",
                 "Comment": "Independent stages; a failing branch fails the whole state (the others are stopped).",
                 "Branches": [{"StartAt": stage_state_name(stage),
-                              "States": {stage_state_name(stage): {**task_state(stage, target, module), "End": True}}}
+                              "States": _chain(stage_states(stage, target, module), {"End": True})}
                              for stage in layer],
                 "ResultPath": None,
                 "Catch": _catch(),
                 "Next": following,
             }
-        states[names[index]] = state
     states[NOTIFY] = {
         "Type": "Task",
         "Resource": SNS_PUBLISH,
@@ -603,8 +772,9 @@ def state_machine(stages: Sequence[Stage], target: EcsTarget, calendar: WeekCale
     states[SUCCEEDED] = {"Type": "Succeed"}
     return {
         "Comment": comment or ("Weekly refresh, " + " -> ".join(
-            "(" + " | ".join(stage.name for stage in layer) + ")" if len(layer) > 1 else layer[0].name
-            for layer in stage_layers) + ". Generated by engagement_dagster.export.step_functions: do not edit."),
+            "(" + " | ".join(_stage_label(stage) for stage in layer) + ")" if len(layer) > 1
+            else _stage_label(layer[0]) for layer in stage_layers)
+            + ". Generated by engagement_dagster.export.step_functions: do not edit."),
         "StartAt": WEEK_GIVEN,
         "States": states,
         "TimeoutSeconds": EXECUTION_TIMEOUT_SECONDS,
@@ -666,22 +836,35 @@ def _export_keys(defs: dg.Definitions, job_name: str | None):
     return graph, sorted((key for key in keys if graph.get(key).is_materializable), key=lambda key: key.path)
 
 
-def graph_stages(defs: dg.Definitions, job_name: str | None = JOB, light: tuple[str, str] = LIGHT_SIZE) -> list[Stage]:
+def graph_stages(defs: dg.Definitions, job_name: str | None = JOB, light: tuple[str, str] = LIGHT_SIZE,
+                 fanouts: Sequence[FanOut] = FANOUTS) -> list[Stage]:
     """The stages of `job_name`'s assets (every materializable asset when None), sized from the jobs'
-    ecs/cpu and ecs/memory run tags; each --select checked against the CLI's resolution."""
+    ecs/cpu and ecs/memory run tags; each --select checked against the CLI's resolution. An asset
+    of `fanouts` is a stage of its own, run by its fan-out's commands at the fan-out's sizes."""
     import dagster as dg
+
+    from engagement_dagster.core.deploy_sizes import validate_fargate_size
 
     graph, keys = _export_keys(defs, job_name)
     if not keys:
         raise ValueError("nothing to export: no materializable assets")
     selected = set(keys)
-    nodes = [AssetNode(key.to_user_string(), graph.get(key).group_name or "default",
+    group_of = {key: graph.get(key).group_name or "default" for key in graph.get_all_asset_keys()}
+    fanout_of = {fanout.asset_key: fanout for fanout in fanouts}
+    for fanout in fanouts:
+        if fanout.stage in group_of.values():
+            raise ValueError(f"fan-out stage {fanout.stage!r} has the name of an asset group")
+    # A fanned-out asset plans as its own group (named after its stage): its group's other assets
+    # are then not the whole group, so they are selected by key.
+    stage_group = {key: (fanout_of[key.to_user_string()].stage if key.to_user_string() in fanout_of
+                         else group_of[key]) for key in group_of}
+    nodes = [AssetNode(key.to_user_string(), stage_group[key],
                        tuple(sorted(parent.to_user_string() for parent in graph.get(key).parent_keys)))
              for key in keys]
     groups = {node.group for node in nodes}
     everything = [key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable]
-    complete = {group for group in groups
-                if all(key in selected for key in everything if (graph.get(key).group_name or "default") == group)}
+    complete = {group for group in groups if group in group_of.values()
+                and all(key in selected and stage_group[key] == group for key in everything if group_of[key] == group)}
     jobs = []
     for job in defs.jobs or ():
         tags = getattr(job, "tags", None) or {}
@@ -689,6 +872,14 @@ def graph_stages(defs: dg.Definitions, job_name: str | None = JOB, light: tuple[
             job_keys = frozenset(key.to_user_string() for key in job.selection.resolve(graph))
             jobs.append(JobSize(job.name, job_keys, str(tags["ecs/cpu"]), str(tags["ecs/memory"])))
     stages = size_stages(plan_stages(nodes, complete), jobs, [node.key for node in nodes], light)
+    for index, stage in enumerate(stages):
+        fanned = [fanout_of[key] for key in stage.asset_keys if key in fanout_of]
+        if fanned:
+            (fanout,) = fanned
+            for size in (fanout.plan_size, fanout.group_size, fanout.publish_size):
+                validate_fargate_size(*size)
+            stages[index] = dataclasses.replace(stage, cpu=fanout.group_size[0], memory=fanout.group_size[1],
+                                                sized_by=None, fanout=fanout)
     by_string = {key.to_user_string(): key for key in keys}
     for stage in stages:
         resolved = dg.AssetSelection.from_coercible(stage.selection.split(",")).resolve(graph)
@@ -736,6 +927,14 @@ def export_files(defs: dg.Definitions) -> dict[str, str]:
     return {ASL_FILE: template_text(export_state_machine(defs)), RULE_FILE: template_text(export_rule(defs))}
 
 
+def _stage_summary(stage: Stage) -> str:
+    if stage.fanout is None:
+        return f"{stage.name} [{stage.selection}, {stage.cpu}/{stage.memory}]"
+    fanout = stage.fanout
+    return (f"{stage.name} [{fanout.asset_key} fanned out: plan {'/'.join(fanout.plan_size)}, Map of groups "
+            f"{'/'.join(fanout.group_size)}, publish {'/'.join(fanout.publish_size)}]")
+
+
 def default_out_dir() -> Path:
     from engagement_dagster.core.settings import PROJECT_ROOT
 
@@ -771,8 +970,7 @@ def export_sfn_main(argv: Sequence[str] | None = None) -> int:
         for path in stale:
             print(f"stale: {path} (run `engagement-dagster export-sfn`)")
         return 1 if stale else 0
-    plan = " -> ".join(" | ".join(f"{stage.name} [{stage.selection}, {stage.cpu}/{stage.memory}]" for stage in layer)
-                       for layer in layers(stages))
+    plan = " -> ".join(" | ".join(_stage_summary(stage) for stage in layer) for layer in layers(stages))
     print(f"  stages: {plan}")
     print(f"  schedule: {json.loads(files[RULE_FILE])['PutRule']['ScheduleExpression']}")
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engagement_dagster.core.data.contract import (
@@ -44,6 +45,18 @@ def raw_key(snapshot_week: str) -> str:
 def oracle_key(snapshot_week: str) -> str:
     # Outside raw/: nothing that reads raw data (dbt, training) ever globs the truth.
     return f"oracle/customers/snapshot_week={snapshot_week}/truth.parquet"
+
+
+def read_oracle(lake, snapshot_week: str, customer_ids: Iterable[str]):
+    """The generator's truth for `customer_ids` only (the test rows an oracle ceiling is scored on), or
+    None for a week from a real source; a large week's file is filtered while read, never loaded whole."""
+    key = oracle_key(snapshot_week)
+    if not lake.exists(key):
+        return None
+    uri = lake.uri(key)
+    source = pa.BufferReader(lake.read_bytes(key)) if uri.startswith("s3://") else uri
+    wanted = pa.array(sorted(set(customer_ids)), pa.string())
+    return pq.read_table(source, filters=pc.field("customer_id").isin(wanted)).to_pandas()
 
 
 def profile_key(snapshot_week: str) -> str:

@@ -59,7 +59,7 @@ def _no_drivers(frame: pd.DataFrame, k: int = TOP_DRIVERS) -> pd.DataFrame:
 
 
 def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind | NaiveBaseline, str]],
-          id_column: str = "customer_id", scored_at: pd.Timestamp | None = None) -> pd.DataFrame:
+          id_column: str = "customer_id") -> pd.DataFrame:
     """One row per customer: every model's output (its champion's, or its naive baseline's while it
     has no champion), churn drivers and the versions used."""
     out = frame[[id_column]].copy()
@@ -80,7 +80,7 @@ def score(frame: pd.DataFrame, champions: dict[str, tuple[ModelKind | NaiveBasel
     out["churn_drivers_method"] = method
     for column in VERSION_COLUMNS:  # a fixed order, whatever the order of `champions`
         out[column] = champions[column.removesuffix("_version")][1]
-    out["scored_at"] = scored_at if scored_at is not None else pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
+    out["scored_at"] = pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
     return out
 
 
@@ -362,7 +362,8 @@ def score_shard(source: ShardSource, champions: dict, shard: int, shards: int, s
                 scored_at: pd.Timestamp) -> ShardResult:
     """Reads, scores and spools one shard; counts its checks against the rows it read."""
     frame = source.read(shard, shards)
-    predictions = score(frame, champions, scored_at=scored_at)
+    predictions = score(frame, champions)
+    predictions["scored_at"] = scored_at  # one time for the whole stage: a shard's bytes do not depend on when
     counts = count_checks(predictions, frame["customer_id"])
     path = shard_path(spool, shard)
     predictions.to_parquet(path, index=False)

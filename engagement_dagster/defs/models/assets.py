@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 from pydantic import Field
 
-from engagement_dagster.core.data.snapshot import oracle_key
+from engagement_dagster.core.data.snapshot import read_oracle
 from engagement_dagster.core.ml import evaluation
 from engagement_dagster.core.ml.feature_roles import MODEL_INPUT, read_roles
 from engagement_dagster.core.ml.registry import Commit, ModelRegistry, data_fingerprint, promotion_decision
@@ -69,7 +69,7 @@ def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake
     sample = warehouse.query(sample_sql(warehouse.relation(MODEL_INPUT), roles, config.max_training_rows,
                                         config.max_test_rows)).drop(columns="sample_rank")
     parts = splits(sample, roles)
-    oracle = lake.read_parquet(oracle_key(week)) if lake.exists(oracle_key(week)) else None
+    oracle = read_oracle(lake, week, parts["test"][roles.id])
     registry = ModelRegistry(lake)
     recovered = registry.recover()  # undoes what a killed training left: a commit half applied, staged files
     if any(recovered.values()):

@@ -1,10 +1,15 @@
 # The weekly refresh exported from the asset graph: a Step Functions state machine (its ASL is
 # deploy/step_functions/weekly_refresh.asl.json, rendered with templatefile) that runs the
-# graph's steps as ecs:runTask.sync tasks of the run family, a weekly EventBridge schedule, and an
+# graph's steps as ecs:runTask.sync tasks of the run family (the scoring stage as a Distributed
+# Map over groups of shards, one child execution per group), a weekly EventBridge schedule, and an
 # encrypted SNS topic for failures.
 
 locals {
   state_machine_name = "${var.name_prefix}-weekly-refresh"
+  state_machine_arn  = "arn:${var.partition}:states:${var.region}:${var.account_id}:stateMachine:${local.state_machine_name}"
+
+  # The lake's keys start with its prefix, if any ("team/lake/"); the scoring plans live under it.
+  lake_key_prefix = var.lake_prefix == "" ? "" : "${trim(var.lake_prefix, "/")}/"
 
   # Variables the ASL template may use (${name}); a file without placeholders renders unchanged.
   definition_vars = {
@@ -17,6 +22,10 @@ locals {
     subnet_ids_json         = jsonencode(var.private_subnet_ids)
     security_group_ids_json = jsonencode([var.tasks_security_group_id])
     sns_topic_arn           = aws_sns_topic.failures.arn
+    lake_bucket             = var.lake_bucket
+    lake_key_prefix         = local.lake_key_prefix
+    # How many groups of shards score at once (Fargate tasks of 4 vCPU / 8 GB).
+    scoring_max_concurrency_json = jsonencode(var.scoring_max_concurrency)
   }
 }
 
@@ -193,6 +202,31 @@ data "aws_iam_policy_document" "state_machine" {
       variable = "iam:PassedToService"
       values   = ["ecs-tasks.amazonaws.com"]
     }
+  }
+
+  # The scoring stage's Distributed Map reads its items (the groups of shards) from the week's plan.
+  statement {
+    sid       = "ReadScoringMapItems"
+    effect    = "Allow"
+    actions   = ["s3:GetObject"]
+    resources = ["arn:${var.partition}:s3:::${var.lake_bucket}/${local.lake_key_prefix}scoring/plans/*/items.json"]
+  }
+
+  # A Distributed Map runs each group as a child execution of this state machine.
+  statement {
+    sid       = "StartMapChildExecutions"
+    effect    = "Allow"
+    actions   = ["states:StartExecution"]
+    resources = [local.state_machine_arn]
+  }
+
+  statement {
+    sid     = "WatchAndStopMapChildExecutions"
+    effect  = "Allow"
+    actions = ["states:DescribeExecution", "states:StopExecution"]
+    resources = [
+      "arn:${var.partition}:states:${var.region}:${var.account_id}:execution:${local.state_machine_name}/*",
+    ]
   }
 
   statement {

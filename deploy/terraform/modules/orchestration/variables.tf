@@ -76,3 +76,25 @@ variable "private_subnet_ids" {
 variable "tasks_security_group_id" {
   type = string
 }
+
+variable "lake_bucket" {
+  description = "S3 bucket of the lake: the scoring stage's Map reads its items there."
+  type        = string
+}
+
+variable "lake_prefix" {
+  description = "Key prefix of the lake inside its bucket (\"\" for none)."
+  type        = string
+  default     = ""
+}
+
+variable "scoring_max_concurrency" {
+  description = "Groups of shards the scoring stage scores at once (one 4 vCPU / 8 GB Fargate task each)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.scoring_max_concurrency >= 1 && floor(var.scoring_max_concurrency) == var.scoring_max_concurrency
+    error_message = "scoring_max_concurrency must be a whole number of at least 1."
+  }
+}
