@@ -61,9 +61,18 @@ postgres:
 BENCH_CUSTOMERS ?= 100000
 BENCH_REPEAT ?= 3
 BENCH_INGEST_ROWS ?= 10000000
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m engagement_dagster.bench --customers $(BENCH_CUSTOMERS) --repeat $(BENCH_REPEAT) \
-	  --ingest-rows $(BENCH_INGEST_ROWS)
+	  --ingest-rows $(BENCH_INGEST_ROWS) $(BENCH_ARGS)
+
+# Each model's test metric against training rows, on the warehouse a bench left
+# (`make bench BENCH_CUSTOMERS=10000000 BENCH_REPEAT=1 BENCH_ARGS=--keep-lake` first).
+LC_WAREHOUSE ?= .lake-bench/warehouse.duckdb
+LC_ROWS ?= 50000 100000 250000 500000 1000000 2000000 5000000
+.PHONY: learning-curve
+learning-curve: $(STAMP)
+	$(BIN)/python -m engagement_dagster.bench_learning_curve --warehouse $(LC_WAREHOUSE) --rows $(LC_ROWS)
 
 # The prediction API at http://127.0.0.1:8000 (docs at /docs), one uvicorn worker, over the models of
 # the registry `make run` filled. Requests need the header x-api-key: ENGAGEMENT_API_KEYS (comma-separated)
