@@ -13,6 +13,7 @@ skip, unless ENGAGEMENT_REQUIRE_VALIDATORS=1 (CI), where they fail.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -24,6 +25,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Collection
 
 import dagster as dg
 import pytest
@@ -165,6 +167,8 @@ def test_the_template_uses_only_the_orchestration_modules_variables(exported):
     assert set(re.findall(r"(?<!\$)\$\{(\w+)\}", text)) == set(SAMPLE_VALUES)
     assert "%{" not in text
     assert '"Subnets": ${subnet_ids_json}' in text and '"SecurityGroups": ${security_group_ids_json}' in text
+    assert '"MaxConcurrency": ${scoring_max_concurrency_json}' in text
+    assert "'${lake_key_prefix}scoring/plans/snapshot_week={}/items.json'" in text
     with pytest.raises(KeyError, match="cluster_arn"):
         sfn.render_template(text, {})
 
@@ -177,18 +181,25 @@ def test_the_real_graph_runs_as_group_stages_sized_from_the_jobs(defs, machine):
     from engagement_dagster.definitions import HEAVY_RUN_TAGS
 
     assert stage_layers(machine) == [["Materialize ingest"], ["Materialize features"], ["Materialize models"],
-                                     ["Materialize scoring"], ["Materialize knowledge_base"]]
+                                     *([name] for name in FANOUT_STATES), ["Materialize scoring"],
+                                     ["Materialize knowledge_base"]]
     tasks = ecs_tasks(machine["States"])
     sizes = {name: (t["Parameters"]["Overrides"]["Cpu"], t["Parameters"]["Overrides"]["Memory"])
              for name, t in tasks.items()}
     heavy = (HEAVY_RUN_TAGS["ecs/cpu"], HEAVY_RUN_TAGS["ecs/memory"])
     assert sizes == {"Materialize ingest": sfn.LIGHT_SIZE, "Materialize features": sfn.LIGHT_SIZE,
-                     "Materialize models": heavy, "Materialize scoring": heavy,
-                     "Materialize knowledge_base": sfn.LIGHT_SIZE}
-    assert {name: selection_of(t) for name, t in tasks.items()} == {
+                     "Materialize models": heavy, "Plan predictions": sfn.LIGHT_SIZE,
+                     sfn.GROUP_STATE: sfn.GROUP_SIZE, "Publish predictions": sfn.LIGHT_SIZE,
+                     "Materialize scoring": heavy, "Materialize knowledge_base": sfn.LIGHT_SIZE}
+    marts = sorted(k.to_user_string() for k in dg.AssetSelection.groups("scoring").resolve(defs.resolve_asset_graph())
+                   if k.to_user_string() != sfn.SCORING_FANOUT.asset_key)
+    selections = {name: selection_of(t) for name, t in tasks.items()}
+    # The marts stage: the scoring group's dbt models, by key; customer_predictions is the fan-out's.
+    assert sorted(selections.pop("Materialize scoring").split(",")) == marts and len(marts) >= 5
+    assert selections == {
         "Materialize ingest": "group:ingest", "Materialize features": "group:features",
-        "Materialize models": "group:models", "Materialize scoring": "group:scoring",
-        "Materialize knowledge_base": "group:knowledge_base"}
+        "Materialize models": "group:models", "Plan predictions": None, sfn.GROUP_STATE: None,
+        "Publish predictions": None, "Materialize knowledge_base": "group:knowledge_base"}
     for name, task in tasks.items():
         params = task["Parameters"]
         assert params["Cluster"] == SAMPLE_VALUES["cluster_arn"]
@@ -199,44 +210,104 @@ def test_the_real_graph_runs_as_group_stages_sized_from_the_jobs(defs, machine):
             "AssignPublicIp": "DISABLED"}
         (override,) = params["Overrides"]["ContainerOverrides"]
         assert override["Name"] == "engagement-dagster"
-        assert override["Command.$"].startswith(
-            "States.Array('dagster', 'asset', 'materialize', '-m', 'engagement_dagster.definitions', '--select', ")
-        assert override["Command.$"].endswith(
-            "'--partition', $.run.snapshot_week, '--config-json', $.run.dagster_run_config)")
         retried = [error for retrier in task["Retry"] for error in retrier["ErrorEquals"]]
         assert {"ECS.AmazonECSException", "ECS.ServerException", "AmazonECS.Unknown"} <= set(retried)
+        assert task["Retry"][0]["BackoffRate"] > 1 and task["Retry"][0]["MaxAttempts"] >= 3
+        assert task["ResultPath"] is None
+        if name == sfn.GROUP_STATE:  # inside the Map's child executions: the Map catches
+            continue
+        if selection_of(task) is not None:
+            assert override["Command.$"].startswith(
+                "States.Array('dagster', 'asset', 'materialize', '-m', 'engagement_dagster.definitions', '--select', ")
+            assert override["Command.$"].endswith(
+                "'--partition', $.run.snapshot_week, '--config-json', $.run.dagster_run_config)")
         # A failed 16 vCPU run is not rerun; a light one once.
         assert ("States.TaskFailed" in retried) == (sizes[name] == sfn.LIGHT_SIZE)
-        assert task["Retry"][0]["BackoffRate"] > 1 and task["Retry"][0]["MaxAttempts"] >= 3
         assert task["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": sfn.NOTIFY}]
-        assert task["ResultPath"] is None
     notify = machine["States"][sfn.NOTIFY]
     assert notify["Resource"] == sfn.SNS_PUBLISH and notify["Parameters"]["TopicArn"] == SAMPLE_VALUES["sns_topic_arn"]
     assert machine["States"][notify["Next"]]["Type"] == "Fail"
 
 
+def test_the_scoring_stage_fans_out_over_groups_of_shards_read_from_the_lake(defs, machine):
+    from engagement_dagster.core.ml import fanout
+
+    states = machine["States"]
+    plan, mapped, publish = (states[name] for name in FANOUT_STATES)
+    assert command_of(plan) == "States.Array('engagement-dagster', 'scoring-plan', '--week', $.run.snapshot_week)"
+    assert command_of(publish) == ("States.Array('engagement-dagster', 'scoring-publish', '--week', "
+                                   "$.run.snapshot_week)")
+    assert [plan["Next"], mapped["Next"], publish["Next"]] == [*FANOUT_STATES[1:], "Materialize scoring"]
+    assert mapped["Type"] == "Map" and mapped["Catch"] == plan["Catch"] == publish["Catch"]
+
+    # The items: the plan's items.json in the lake bucket, under the lake's prefix, for the run's week.
+    reader = mapped["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject" and reader["ReaderConfig"] == {"InputType": "JSON"}
+    assert reader["Parameters"] == {
+        "Bucket": SAMPLE_VALUES["lake_bucket"],
+        "Key.$": "States.Format('team/lake/scoring/plans/snapshot_week={}/items.json', $.run.snapshot_week)"}
+    assert sfn.SCORING_FANOUT.items_key.format(week="2026-11-09") == fanout.items_key("2026-11-09")
+    assert mapped["ItemSelector"] == {"snapshot_week.$": "$.run.snapshot_week", "group.$": "$$.Map.Item.Value.group"}
+
+    # One child execution (STANDARD: .sync integrations) per group, each retried alone; no failure tolerated.
+    processor = mapped["ItemProcessor"]
+    assert processor["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert list(processor["States"]) == [processor["StartAt"]] == [sfn.GROUP_STATE]
+    group = processor["States"][sfn.GROUP_STATE]
+    assert group["End"] is True and "Catch" not in group
+    assert command_of(group) == ("States.Array('engagement-dagster', 'score-group', '--week', $.snapshot_week, "
+                                 "'--group', States.Format('{}', $.group))")
+    (task_failed,) = [r for r in group["Retry"] if r["ErrorEquals"] == ["States.TaskFailed"]]
+    assert task_failed["MaxAttempts"] == 2 and task_failed["BackoffRate"] > 1 and task_failed["IntervalSeconds"] > 0
+    assert group["TimeoutSeconds"] == sfn.GROUP_TIMEOUT_SECONDS
+    assert group["Parameters"]["Group"] == "weekly-refresh:predictions-group"
+    assert mapped["MaxConcurrency"] == SAMPLE_VALUES["scoring_max_concurrency_json"]
+    assert mapped["ToleratedFailurePercentage"] == 0
+    assert mapped["ResultPath"] is None  # the groups' outputs are not gathered into the execution's state
+
+    # A concrete target (no prefix) exports plain values; without a lake bucket there is nowhere to read items.
+    (stage,) = [stage for stage in sfn.graph_stages(defs) if stage.fanout is not None]
+    assert (stage.name, stage.asset_keys, stage.upstream) == ("predictions", (sfn.SCORING_FANOUT.asset_key,),
+                                                              ("features", "models"))
+    target = dataclasses.replace(ECS_TARGET, lake_bucket="lake", lake_key_prefix="", max_concurrency=3)
+    _, (_, plain_map), _ = sfn.fanout_states(stage, target)
+    assert plain_map["ItemReader"]["Parameters"] == {
+        "Bucket": "lake", "Key.$": "States.Format('scoring/plans/snapshot_week={}/items.json', $.run.snapshot_week)"}
+    assert plain_map["MaxConcurrency"] == 3
+    with pytest.raises(ValueError, match="lake's bucket"):
+        sfn.fanout_states(stage, ECS_TARGET)
+
+
 def test_every_asset_dependency_of_the_real_graph_is_respected_by_the_state_order(defs, machine):
-    """Each task's --select resolved as `dagster asset materialize` resolves it; every asset in
-    exactly one stage; an asset's stage starts after the stages of all its upstream assets."""
+    """Each task's --select resolved as `dagster asset materialize` resolves it (the fan-out: its plan
+    task starts the asset, its publish task completes it); every asset in exactly one stage; an asset's
+    stage starts after the stages of all its upstream assets."""
     graph = defs.resolve_asset_graph()
-    stage_of = {}
+    starts, ends = {}, {}
     for name, task in ecs_tasks(machine["States"]).items():
+        if selection_of(task) is None:
+            continue
         keys = dg.AssetSelection.from_coercible(selection_of(task).split(",")).resolve(graph)
         assert keys, name
         for key in keys:
-            assert key not in stage_of, f"{key} in {stage_of.get(key)} and {name}"
-            stage_of[key] = name
+            assert key not in starts, f"{key} in {starts.get(key)} and {name}"
+            starts[key] = ends[key] = name
         # The command's run config is valid for the job the CLI builds for these assets.
         job = defs.resolve_implicit_job_def_def_for_assets(list(keys))
         assert dg.validate_run_config(job, json.loads(sfn.RUN_CONFIG_JSON))
-    assert set(stage_of) == {key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable}
+    fanned = dg.AssetKey.from_user_string(sfn.SCORING_FANOUT.asset_key)
+    assert fanned not in starts
+    starts[fanned], ends[fanned] = FANOUT_STATES[0], FANOUT_STATES[2]
+    assert set(starts) == {key for key in graph.get_all_asset_keys() if graph.get(key).is_materializable}
     before = completed_before(machine["States"], machine["StartAt"])
+    assert {FANOUT_STATES[0], sfn.GROUP_STATE} <= before[FANOUT_STATES[2]]  # publish after plan and every group
+    assert FANOUT_STATES[0] in before[sfn.GROUP_STATE]
     crossing = 0
-    for key, stage in stage_of.items():
+    for key, stage in starts.items():
         for parent in graph.get(key).parent_keys:
-            if stage_of[parent] != stage:
+            if ends[parent] != stage:
                 crossing += 1
-                assert stage_of[parent] in before[stage], f"{key} ({stage}) may start before {parent}"
+                assert ends[parent] in before[stage], f"{key} ({stage}) may start before {parent}"
     assert crossing >= 10
 
 
@@ -258,7 +329,7 @@ def fixture_assets():
 
 
 def fixture_machine(assets, jobs=()):
-    fixture = dg.Definitions(assets=assets, jobs=list(jobs))
+    fixture = dg.Definitions(assets=assets, jobs=list(jobs), executor=dg.in_process_executor)
     stages = sfn.graph_stages(fixture, job_name=None)
     return sfn.state_machine(stages, ECS_TARGET, sfn.week_calendar(fixture, job_name=None)), stages
 
@@ -310,6 +381,43 @@ def test_a_group_that_depends_on_itself_through_another_group_is_split_into_orde
         sfn.plan_stages([sfn.AssetNode("a", "g", ("b",)), sfn.AssetNode("b", "g", ("a",))])
 
 
+FIXTURE_FANOUT = sfn.FanOut(asset_key="orders", stage="orders_by_shard", plan=("orders", "plan"),
+                            group=("orders", "group"), publish=("orders", "publish"),
+                            items_key="orders/plans/week={week}/items.json")
+
+
+def fixture_fanout_machine():
+    fixture = dg.Definitions(assets=fixture_assets(), executor=dg.in_process_executor)
+    target = dataclasses.replace(ECS_TARGET, lake_bucket="lake-bucket", lake_key_prefix="", max_concurrency=4)
+    stages = sfn.graph_stages(fixture, job_name=None, fanouts=[FIXTURE_FANOUT])
+    return sfn.state_machine(stages, target, sfn.week_calendar(fixture, job_name=None)), stages
+
+
+def test_a_fanned_out_asset_is_a_stage_of_its_own_also_inside_a_parallel_layer():
+    asl, stages = fixture_fanout_machine()
+    assert [(s.name, s.asset_keys, s.fanout is not None) for s in stages] == [
+        ("orders_by_shard", ("orders",), True), ("reference", ("calendar_days",), False),
+        ("features", ("order_features",), False)]
+    assert sfn.layers(stages)[1][0].upstream == ("orders_by_shard", "reference")
+    parallel = asl["States"]["Materialize orders_by_shard and reference"]
+    fanned, reference = parallel["Branches"]
+    assert fanned["StartAt"] == "Plan orders_by_shard"
+    assert list(fanned["States"]) == ["Plan orders_by_shard", "Score orders_by_shard by shard group",
+                                      "Publish orders_by_shard"]
+    assert [state.get("Next", "End") for state in fanned["States"].values()] == [
+        "Score orders_by_shard by shard group", "Publish orders_by_shard", "End"]
+    mapped = fanned["States"]["Score orders_by_shard by shard group"]
+    assert mapped["ItemReader"]["Parameters"] == {
+        "Bucket": "lake-bucket", "Key.$": "States.Format('orders/plans/week={}/items.json', $.run.snapshot_week)"}
+    assert command_of(mapped["ItemProcessor"]["States"][sfn.GROUP_STATE]) == (
+        "States.Array('orders', 'group', '--week', $.snapshot_week, '--group', States.Format('{}', $.group))")
+    assert all("Catch" not in state for state in fanned["States"].values())  # the Parallel catches
+    assert parallel["Catch"][0]["Next"] == sfn.NOTIFY and reference["StartAt"] == "Materialize reference"
+    with pytest.raises(ValueError, match="name of an asset group"):
+        sfn.graph_stages(dg.Definitions(assets=fixture_assets(), executor=dg.in_process_executor), job_name=None,
+                         fanouts=[dataclasses.replace(FIXTURE_FANOUT, stage="features")])
+
+
 def test_stage_sizes_come_from_the_most_specific_sized_job_and_must_be_valid_fargate_sizes():
     heavy_tags = {"ecs/cpu": "16384", "ecs/memory": "65536"}
     jobs = [dg.define_asset_job("everything", selection=dg.AssetSelection.all(), tags={"ecs/cpu": "8192",
@@ -334,6 +442,13 @@ def test_unpartitioned_or_mixed_assets_are_refused():
 
     with pytest.raises(ValueError, match="weekly partitions"):
         fixture_machine([*fixture_assets(), unpartitioned])
+
+
+def test_a_graph_whose_materialize_would_not_run_in_one_process_is_refused():
+    """The stages' run config is the in-process executor's: another executor would refuse it (or, for
+    Dagster's default, start a process per step)."""
+    with pytest.raises(ValueError, match=r"multi_or_in_process_executor.*one process"):
+        sfn.graph_stages(dg.Definitions(assets=fixture_assets()), job_name=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,9 +551,23 @@ def validators(tmp_path_factory):
     return {"asl-validator": (ASL_VALIDATOR, True), "statelint": (STATELINT, False)}
 
 
+# statelint 1.30 (the newest on npm) predates these Distributed Map fields; asl-validator 4 checks them.
+NEWER_THAN_STATELINT = ("ItemReader", "ToleratedFailurePercentage")
+
+
+def without_fields(document, fields: Collection[str]):
+    """A copy of the machine without `fields` in any state, however deep (Parallel, Map)."""
+    if isinstance(document, dict):
+        return {key: without_fields(value, fields) for key, value in document.items() if key not in fields}
+    if isinstance(document, list):
+        return [without_fields(value, fields) for value in document]
+    return document
+
+
 def test_both_validators_accept_the_exported_machines_and_reject_broken_ones(validators, machine, tmp_path):
     fixture, _ = fixture_machine(fixture_assets())
-    good = {"weekly_refresh": machine, "fixture_parallel": fixture}
+    fanned, _ = fixture_fanout_machine()
+    good = {"weekly_refresh": machine, "fixture_parallel": fixture, "fixture_fanout_in_parallel": fanned}
     broken = {}
     dangling = json.loads(json.dumps(machine))
     dangling["States"]["Materialize models"]["Next"] = "Materialize nothing"
@@ -450,18 +579,37 @@ def test_both_validators_accept_the_exported_machines_and_reject_broken_ones(val
     bad_retry["States"]["Materialize ingest and reference"]["Branches"][0]["States"]["Materialize ingest"][
         "Retry"][0]["BackoffRate"] = "fast"
     broken["retry_backoff_not_a_number"] = bad_retry
+    map_retry = json.loads(json.dumps(machine))
+    map_retry["States"][FANOUT_STATES[1]]["ItemProcessor"]["States"][sfn.GROUP_STATE]["Retry"][1]["MaxAttempts"] = "2"
+    broken["group_retry_attempts_not_a_number"] = map_retry
+    # Broken in the fields only asl-validator knows.
+    changes = {"item_reader_without_resource": lambda m: m["ItemReader"].pop("Resource"),
+               "tolerated_failure_over_100_percent": lambda m: m.update(ToleratedFailurePercentage=150)}
+    newer = {}
+    for name, change in changes.items():
+        newer[name] = json.loads(json.dumps(machine))
+        change(newer[name]["States"][FANOUT_STATES[1]])
     paths = {}
-    for name, document in {**good, **broken}.items():
+    for name, document in {**good, **broken, **newer}.items():
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(document, indent=2))
+        paths[f"statelint_{name}"] = tmp_path / f"statelint_{name}.json"
+        paths[f"statelint_{name}"].write_text(json.dumps(without_fields(document, NEWER_THAN_STATELINT), indent=2))
     for validator, (command, is_asl) in validators.items():
-        accepted = run_validator(command, [paths[name] for name in good], is_asl)
+        prefix = "" if is_asl else "statelint_"
+        accepted = run_validator(command, [paths[prefix + name] for name in good], is_asl)
         assert accepted.returncode == 0, f"{validator}: {accepted.stdout}{accepted.stderr}"
-        rejected = run_validator(command, [paths[name] for name in broken], is_asl)
+        rejects = [*broken, *(newer if is_asl else ())]
+        rejected = run_validator(command, [paths[prefix + name] for name in rejects], is_asl)
         assert rejected.returncode == 1, f"{validator} accepted broken machines: {rejected.stdout}{rejected.stderr}"
         report = rejected.stdout + rejected.stderr
-        for name in broken:
-            assert re.search(rf"{name}\.json\"? (is invalid|is not valid)", report), (validator, name, report)
+        for name in rejects:
+            assert re.search(rf"{prefix}{name}\.json\"? (is invalid|is not valid)", report), (validator, name, report)
+    # statelint's only objection to the full machine is those fields: nothing else goes unchecked.
+    full = run_validator(STATELINT, [paths["weekly_refresh"]], asl_validator=False)
+    objections = re.findall(r'Field "(\w+)" not allowed', full.stdout + full.stderr)
+    assert full.returncode == 1 and set(objections) == set(NEWER_THAN_STATELINT), full.stdout + full.stderr
+    assert len(re.findall(r"^\s+\S", full.stdout + full.stderr, flags=re.M)) == len(objections)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,12 +674,15 @@ def moto_sfn(aws_endpoint, monkeypatch):
             family=family, requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="16384", memory="65536",
             containerDefinitions=[{"name": "engagement-dagster", "image": "engagement-dagster:test",
                                    "memoryReservation": 1024, "essential": True}])
+        lake_bucket = f"lake-{suffix}"
+        boto3.client("s3").create_bucket(Bucket=lake_bucket)
         topic = sns.create_topic(Name=f"failures-{suffix}")["TopicArn"]
         queue = sqs.create_queue(QueueName=f"failures-{suffix}")["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
         values = {"cluster_arn": cluster, "task_definition_family": family, "container_name": "engagement-dagster",
-                  "subnet_ids_json": [subnet], "security_group_ids_json": [group], "sns_topic_arn": topic}
+                  "subnet_ids_json": [subnet], "security_group_ids_json": [group], "sns_topic_arn": topic,
+                  "lake_bucket": lake_bucket, "lake_key_prefix": "team/lake/", "scoring_max_concurrency_json": 2}
         yield {"values": values, "queue": queue, "suffix": suffix}
     finally:  # leave the shared server as it was found, even when the setup above fails
         _moto_api(aws_endpoint, "state-manager/unset-transition", {"model_name": "ecs::task"})
@@ -540,9 +691,13 @@ def moto_sfn(aws_endpoint, monkeypatch):
 
 def execute(definition: str, execution_input: dict, cluster: str, hold_seconds: float = 1.5, timeout: float = 120):
     """Start an execution; act as each task's container: keep it running `hold_seconds`, then stop
-    it. Returns the execution's description and, per task, its group, command, size, start, stop."""
+    it. Returns the execution's description and, per task, its group, command, size, start, stop.
+
+    moto's ASL grammar (LocalStack's) reads a Map's ToleratedFailurePercentage only as a non-integer
+    number and evaluates it not at all (any failed item fails its Map there): it is left out here."""
     import boto3
 
+    definition = json.dumps(without_fields(json.loads(definition), ["ToleratedFailurePercentage"]))
     states, ecs = boto3.client("stepfunctions"), boto3.client("ecs")
     name = f"weekly-{uuid.uuid4().hex[:12]}"
     arn = states.create_state_machine(name=name, definition=definition,
@@ -576,17 +731,43 @@ def notifications(queue: str) -> list[dict]:
 
 
 def test_the_weekly_refresh_runs_on_moto_one_task_per_stage_in_order(moto_sfn, exported):
-    definition = sfn.render_template(exported[sfn.ASL_FILE], moto_sfn["values"])
-    described, tasks = execute(definition, {"snapshot_week": "2026-11-09"}, moto_sfn["values"]["cluster_arn"])
+    """Each stage's task after the last one's; the scoring stage as a plan task, one task per group of
+    shards of the plan's items (read from the lake bucket, at most MaxConcurrency at a time), a publish
+    task, then the marts."""
+    import boto3
+
+    from engagement_dagster.core.ml import fanout
+
+    values = moto_sfn["values"]
+    items = [{"week": "2026-11-09", "group": group, "shards": shards}
+             for group, shards in enumerate([[0, 1], [2, 3], [4]])]
+    # What `scoring-plan` (the plan task, here a container the test only starts and stops) writes.
+    boto3.client("s3").put_object(Bucket=values["lake_bucket"], Key="team/lake/" + fanout.items_key("2026-11-09"),
+                                  Body=json.dumps(items).encode())
+    definition = sfn.render_template(exported[sfn.ASL_FILE], values)
+    described, tasks = execute(definition, {"snapshot_week": "2026-11-09"}, values["cluster_arn"], timeout=180)
     assert described["status"] == "SUCCEEDED", described
-    stages = ("ingest", "features", "models", "scoring", "knowledge_base")
+    stages = ("ingest", "features", "models", "predictions-plan", *["predictions-group"] * 3, "predictions-publish",
+              "scoring", "knowledge_base")
     assert [task["group"] for task in tasks] == [f"weekly-refresh:{name}" for name in stages]
-    for earlier, later in itertools.pairwise(tasks):
+    groups = tasks[4:7]
+    for earlier, later in [*itertools.pairwise(tasks[:5]), *itertools.pairwise(tasks[6:])]:
         assert earlier["stopped"] is not None and earlier["stopped"] <= later["started"]
+    assert all(task["stopped"] <= tasks[7]["started"] for task in groups)  # publish after every group
+    assert groups[0]["started"] < groups[1]["stopped"] and groups[1]["started"] < groups[0]["stopped"]  # 2 at once
+    assert groups[2]["started"] >= min(groups[0]["stopped"], groups[1]["stopped"])  # never 3
+    assert sorted(task["command"] for task in groups) == [
+        ["engagement-dagster", "score-group", "--week", "2026-11-09", "--group", str(group)] for group in range(3)]
+    assert tasks[3]["command"] == ["engagement-dagster", "scoring-plan", "--week", "2026-11-09"]
+    assert tasks[7]["command"] == ["engagement-dagster", "scoring-publish", "--week", "2026-11-09"]
     assert tasks[2]["command"] == [
         "dagster", "asset", "materialize", "-m", "engagement_dagster.definitions", "--select", "group:models",
         "--partition", "2026-11-09", "--config-json", sfn.RUN_CONFIG_JSON]
-    assert [task["size"] for task in tasks] == [("2048", "8192")] * 2 + [("16384", "65536")] * 2 + [("2048", "8192")]
+    assert tasks[8]["command"][:6] == ["dagster", "asset", "materialize", "-m", "engagement_dagster.definitions",
+                                       "--select"]
+    assert sfn.SCORING_FANOUT.asset_key not in tasks[8]["command"][6].split(",")
+    light, heavy = ("2048", "8192"), ("16384", "65536")
+    assert [task["size"] for task in tasks] == [light, light, heavy, light, *[sfn.GROUP_SIZE] * 3, light, heavy, light]
     assert json.loads(described["output"])["run"]["week_source"] == "execution input"
     assert notifications(moto_sfn["queue"]) == []
 
@@ -595,7 +776,7 @@ def test_independent_stages_run_at_the_same_time_on_moto(moto_sfn):
     values = moto_sfn["values"]
     target = sfn.EcsTarget(values["cluster_arn"], values["task_definition_family"], values["container_name"],
                            values["subnet_ids_json"], values["security_group_ids_json"], values["sns_topic_arn"])
-    fixture = dg.Definitions(assets=fixture_assets())
+    fixture = dg.Definitions(assets=fixture_assets(), executor=dg.in_process_executor)
     asl = sfn.state_machine(sfn.graph_stages(fixture, job_name=None), target, sfn.week_calendar(fixture, None))
     described, tasks = execute(json.dumps(asl), {"snapshot_week": "2026-11-09"}, values["cluster_arn"])
     assert described["status"] == "SUCCEEDED", described

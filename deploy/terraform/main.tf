@@ -176,6 +176,10 @@ module "orchestration" {
   execution_role_arn                = module.compute.execution_role_arn
   private_subnet_ids                = var.private_subnet_ids
   tasks_security_group_id           = module.compute.tasks_security_group_id
+
+  # The scoring stage's Distributed Map reads the week's groups of shards from the lake.
+  lake_bucket = module.storage.lake_bucket
+  lake_prefix = var.lake_prefix
 }
 
 module "prediction_api" {

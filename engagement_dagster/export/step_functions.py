@@ -4,9 +4,11 @@ For teams that run production without a resident Dagster (webserver, daemon): th
 the same code location image as Fargate tasks, one `ecs:runTask.sync` task per stage, each running
 
     dagster asset materialize -m engagement_dagster.definitions --select <stage> --partition <week>
-        --config-json '{"execution": {"config": {"in_process": {}}}}'
+        --config-json '{"execution": {"config": {}}}'
 
-(in-process like the project's jobs: the models stage must not hold six copies of the table).
+in one process, like the project's jobs (the models stage must not hold six copies of the table): the
+definitions' executor is `in_process_executor`, whose config this is; the export refuses a graph
+whose `materialize` would run on another executor.
 
 Stages. A stage is an asset group (ingest, features, models, scoring). A group is split into several
 stages only where it depends on itself through another group (a → other group → a); the stages run
@@ -101,7 +103,7 @@ CALENDAR_YEARS = 25
 HEAVY_TIMEOUT_SECONDS = 4 * 3600
 LIGHT_TIMEOUT_SECONDS = 2 * 3600
 EXECUTION_TIMEOUT_SECONDS = 24 * 3600
-RUN_CONFIG_JSON = json.dumps({"execution": {"config": {"in_process": {}}}}, sort_keys=True)
+RUN_CONFIG_JSON = json.dumps({"execution": {"config": {}}}, sort_keys=True)  # the in-process executor's
 
 ASL_FILE = "weekly_refresh.asl.json"
 RULE_FILE = "weekly_rule.json"
@@ -886,6 +888,12 @@ def graph_stages(defs: dg.Definitions, job_name: str | None = JOB, light: tuple[
         if resolved != {by_string[key] for key in stage.asset_keys}:
             raise ValueError(f"--select {stage.selection!r} does not resolve to exactly the assets of stage "
                              f"{stage.name}: {sorted(k.to_user_string() for k in resolved)}")
+        if stage.fanout is None:
+            executor = defs.resolve_implicit_job_def_def_for_assets(list(resolved)).executor_def
+            if executor.name != dg.in_process_executor.name:
+                raise ValueError(f"`dagster asset materialize` would run stage {stage.name} on the {executor.name!r} "
+                                 "executor: the export runs every stage in one process (give the Definitions "
+                                 "executor=dg.in_process_executor)")
     return stages
 
 

@@ -250,8 +250,9 @@ def score_group(store: Store, source: ShardSource, week: str, group: int,
     document = read_plan(store, week)
     groups = document["groups"]
     if not 0 <= group < len(groups):
-        raise FanOutRefused(f"the scoring plan for week {week} has groups 0–{len(groups) - 1}, not {group}: run the "
-                            f"groups of {store.uri(items_key(week))}, or plan again.")
+        raise FanOutRefused(f"the scoring plan for week {week} has {_count(len(groups), 'group')} "
+                            f"(0–{len(groups) - 1}), not group {group}: run the groups of "
+                            f"{store.uri(items_key(week))}, or plan again.")
     shards = groups[group]
     models = scoring.ServingModels(store, document["versions"])
     staged = []
@@ -270,6 +271,10 @@ def score_group(store: Store, source: ShardSource, week: str, group: int,
 
 # ---------------------------------------------------------------------------------------------
 # Publishing
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _group_of(document: dict) -> dict[int, int]:
@@ -425,9 +430,9 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
 
         store = open_store()
         document = plan(store, source_from_environment(), args.week, args.rows_per_shard, args.shards_per_task)
-        return (f"scoring plan {document['plan_id']} for week {args.week}: {document['rows']:,} customers in "
-                f"{document['shards']} shards, {len(document['groups'])} groups, scored_at {document['scored_at']}; "
-                f"items at {store.uri(items_key(args.week))}")
+        return (f"scoring plan {document['plan_id']} for week {args.week}: {_count(document['rows'], 'customer')} in "
+                f"{_count(document['shards'], 'shard')}, {_count(len(document['groups']), 'group')}, scored_at "
+                f"{document['scored_at']}; items at {store.uri(items_key(args.week))}")
 
     return _run("scoring-plan", body)
 
