@@ -26,6 +26,7 @@ from engagement_dagster.core.ml.registry import GateDecision, promotion_decision
 from engagement_dagster.core.ml.training import MODEL_KINDS, splits
 from engagement_dagster.defs.models.assets import MODEL_KEYS, train_models
 from engagement_dagster.defs.resources.lake import LocalLake
+from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import DuckDBWarehouse
 
 WEEK = "2026-11-09"
@@ -56,7 +57,7 @@ def trained_pages(model_input, tmp_path_factory):
         con.execute("create table main.customer_model_input as select * from frame")
     lake = LocalLake(root=str(root / "lake"))
     lake.write_parquet(f"oracle/customers/snapshot_week={WEEK}/truth.parquet", oracle)
-    resources = {"lake": lake, "warehouse": DuckDBWarehouse(path=str(path))}
+    resources = {"lake": lake, "warehouse": DuckDBWarehouse(path=str(path)), "writer_lease": WriterLease(lake=lake)}
     first = dg.materialize([train_models], partition_key=WEEK, resources=resources)
     refused = dg.materialize([train_models], partition_key=WEEK, resources=resources,
                              selection=[MODEL_KEYS["churn_model"], MODEL_KEYS["segment_model"]],

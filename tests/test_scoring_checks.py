@@ -14,6 +14,7 @@ from engagement_dagster.core.ml.training import MODEL_KINDS, NaiveBaseline
 from engagement_dagster.defs.partitions import weekly_partitions
 from engagement_dagster.defs.resources.catalog import LocalCatalog
 from engagement_dagster.defs.resources.lake import LocalLake
+from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import DuckDBWarehouse
 from engagement_dagster.defs.scoring.assets import CUSTOMER_PREDICTIONS, PREDICTIONS_SCHEMA, customer_predictions
 
@@ -132,7 +133,8 @@ def scoring_resources(tmp_path):
     registry = ModelRegistry(lake)
     for name, params in BASELINES.items():
         registry.register_baseline(NaiveBaseline(name, params))
-    return {"lake": lake, "warehouse": DuckDBWarehouse(path=str(path)), "catalog": LocalCatalog()}
+    return {"lake": lake, "warehouse": DuckDBWarehouse(path=str(path)), "catalog": LocalCatalog(),
+            "writer_lease": WriterLease(lake=lake)}
 
 
 @dg.asset(deps=[CUSTOMER_PREDICTIONS], partitions_def=weekly_partitions, key=["scoring", "downstream_mart"],

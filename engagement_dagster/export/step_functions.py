@@ -4,9 +4,10 @@ For teams that run production without a resident Dagster (webserver, daemon): th
 the same code location image as Fargate tasks, one `ecs:runTask.sync` task per stage, each running
 
     dagster asset materialize -m engagement_dagster.definitions --select <stage> --partition <week>
-        --config-json '{"execution": {"config": {"in_process": {}}}}'
+        --config-json '{"execution": {"config": {}}}'
 
-(in-process like the project's jobs: the models stage must not hold six copies of the table).
+(in-process, the code location's executor, like the project's jobs: the models stage must not hold
+six copies of the table).
 
 Stages. A stage is an asset group (ingest, features, models, scoring). A group is split into several
 stages only where it depends on itself through another group (a → other group → a); the stages run
@@ -80,7 +81,8 @@ CALENDAR_YEARS = 25
 HEAVY_TIMEOUT_SECONDS = 4 * 3600
 LIGHT_TIMEOUT_SECONDS = 2 * 3600
 EXECUTION_TIMEOUT_SECONDS = 24 * 3600
-RUN_CONFIG_JSON = json.dumps({"execution": {"config": {"in_process": {}}}}, sort_keys=True)
+# The code location's executor is in-process (definitions.py): the config only says so explicitly.
+RUN_CONFIG_JSON = json.dumps({"execution": {"config": {}}}, sort_keys=True)
 
 ASL_FILE = "weekly_refresh.asl.json"
 RULE_FILE = "weekly_rule.json"
