@@ -144,12 +144,12 @@ def _run_once(customers: int, env: dict, workdir: Path) -> dict:
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", "engagement_dagster.cli", "run", "--customers", str(customers),
                               "--weeks", "1", "--timings-json", str(timings)], cwd=PROJECT_ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with TreeRssSampler(child.pid) as sampler:
-        _, stderr = child.communicate()
+        stdout, stderr = child.communicate()
     wall = time.perf_counter() - started
-    if child.returncode != 0:
-        raise SystemExit(f"refresh failed:\n{stderr[-4000:]}")
+    if child.returncode != 0:  # the run's summary says where it stopped and why (STOPPED at …)
+        raise SystemExit(f"refresh of {customers:,} customers failed:\n{stdout[-4000:]}{stderr[-4000:]}")
     result = json.loads(timings.read_text())
     result["wall_seconds"] = wall
     result["tree_peak_rss_mib"] = sampler.peak_bytes / 2**20
