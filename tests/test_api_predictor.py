@@ -13,10 +13,9 @@ import pytest
 import xgboost as xgb
 from sklearn.ensemble import IsolationForest
 
-from engagement_dagster.api import fast_trees
-from engagement_dagster.api.fast_trees import IsolationForestScorer, TreeShap, TreeShapTooLarge
 from engagement_dagster.api.predictor import MODEL_NAMES, ModelsNotLoaded, Predictor, main
-from engagement_dagster.core.ml import scoring
+from engagement_dagster.core.ml import fast_trees, scoring
+from engagement_dagster.core.ml.fast_trees import IsolationForestScorer, TreeShap, TreeShapTooLarge
 from engagement_dagster.core.ml.models.churn import ChurnModel
 from engagement_dagster.core.ml.registry import GateDecision, ModelRegistry
 from engagement_dagster.core.storage.lake import LocalStore

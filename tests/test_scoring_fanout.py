@@ -26,7 +26,7 @@ import pytest
 from engagement_dagster.core.ml import fanout, scoring
 from engagement_dagster.core.ml.registry import Commit, GateDecision, ModelRegistry
 from engagement_dagster.core.storage.lake import LocalStore, S3Store
-from engagement_dagster.core.storage.shards import DuckDBShardSource, FrameShardSource
+from engagement_dagster.core.storage.shards import DuckDBShardSource, FrameShardSource, shard_of
 
 WEEK = "2026-11-09"
 ROWS = 1_500
@@ -141,7 +141,7 @@ def test_plan_groups_and_publish_write_what_one_machine_writes(store, warehouse,
     ids = []
     for shard in range(5):
         shard_ids = store.read_parquet(scoring.prediction_key(WEEK, shard))["customer_id"]
-        assert (hashes.loc[shard_ids] % 5 == shard).all()
+        assert (shard_of(hashes.loc[shard_ids], 5) == shard).all()
         ids += list(shard_ids)
     assert len(ids) == len(set(ids)) == ROWS and set(ids) == set(frame["customer_id"])
 

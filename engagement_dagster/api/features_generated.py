@@ -222,11 +222,13 @@ select
         else 'test'
     end as split,
     -- The same hash whole: capped training samples (the smallest hashes first) and scoring shards
-    -- (hash modulo the shard count) are then functions of the customer alone, whatever the week.
+    -- (ranges of hashes) are then functions of the customer alone, whatever the week.
     (cast('0x' || substr(md5(cast(f.customer_id as TEXT)), 1, 8) as bigint) % 4294967296) as customer_hash
 from "warehouse"."main"."customer_features" as f
 inner join "warehouse"."main"."stg_customers" as c
-    on f.customer_id = c.customer_id""",
+    on f.customer_id = c.customer_id
+-- Stored in hash order: a scoring shard (a range of hashes) then reads only its own row groups.
+order by customer_hash""",
 }
 RELATIONS = {
     "stg_customers": "\"warehouse\".\"main\".\"stg_customers\"",

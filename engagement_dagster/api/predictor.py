@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from engagement_dagster.api.fast_trees import IsolationForestScorer, TreeShap, TreeShapTooLarge
+from engagement_dagster.core.ml.fast_trees import IsolationForestScorer, TreeShap, TreeShapTooLarge
 from engagement_dagster.core.ml.models.anomaly import AnomalyModel
 from engagement_dagster.core.ml.models.base import FeatureSpec, XGBoostModel
 from engagement_dagster.core.ml.models.churn import ChurnModel

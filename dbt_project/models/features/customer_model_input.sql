@@ -12,8 +12,10 @@ select
         else 'test'
     end as split,
     -- The same hash whole: capped training samples (the smallest hashes first) and scoring shards
-    -- (hash modulo the shard count) are then functions of the customer alone, whatever the week.
+    -- (ranges of hashes) are then functions of the customer alone, whatever the week.
     {{ hash_bucket('f.customer_id', 4294967296) }} as customer_hash
 from {{ ref('customer_features') }} as f
 inner join {{ ref('stg_customers') }} as c
     on f.customer_id = c.customer_id
+-- Stored in hash order: a scoring shard (a range of hashes) then reads only its own row groups.
+order by customer_hash

@@ -3,7 +3,7 @@
 The Step Functions export runs the scoring stage as three steps (deploy/step_functions/, see
 `engagement_dagster.export.step_functions`): a task running `plan`, a Distributed Map with one Fargate
 task per group of shards running `score_group`, and a task running `publish`. The shard is the unit
-(the customers whose `customer_hash` modulo the shard count is the shard, `core.storage.shards`), and
+(the customers in a range of `customer_hash`, `core.storage.shards`), and
 a shard's bytes depend only on its customers, the models and `scored_at` (`scoring.score_shards`),
 never on which machine, group or attempt scored it. So a failed group is retried alone, and a rerun
 of the stage writes identical shards.

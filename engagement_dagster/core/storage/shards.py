@@ -1,6 +1,8 @@
-"""Reading a table one shard at a time: the customers whose `customer_hash` modulo the shard count is
-the shard. A week's scoring reads its model-ready table this way, so memory holds a shard, never the
-week; the same rule on DuckDB, Athena and a frame, so a shard holds the same customers everywhere.
+"""Reading a table one shard at a time. Shard s of n holds the customers whose `customer_hash` (32 bits)
+lies in [s·2³²/n, (s+1)·2³²/n): a range, so on a table stored in hash order (dbt writes the model-ready
+table sorted by it) a shard's query reads only its own row groups, not the whole table filtered again
+for every shard. A week's scoring reads its model-ready table this way, so memory holds a shard, never
+the week; the same rule on DuckDB, Athena and a frame, so a shard holds the same customers everywhere.
 Each source is picklable (plain fields): scoring worker processes read their own shards."""
 
 from __future__ import annotations
@@ -8,6 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+
+HASH_RANGE = 1 << 32
+
+
+def bounds(shard: int, shards: int) -> tuple[int, int]:
+    """The hashes of shard `shard` of `shards`: [low, high). Every hash in [0, 2³²) is in exactly one."""
+    return shard * HASH_RANGE // shards, (shard + 1) * HASH_RANGE // shards
+
+
+def shard_of(hashes, shards: int):
+    """The shard of each hash (a number or a numpy/pandas array), by the same ranges as `bounds`."""
+    return hashes * shards // HASH_RANGE
 
 
 class ShardSource:
@@ -36,7 +50,8 @@ class DuckDBShardSource(ShardSource):
 
     def read(self, shard: int, shards: int) -> pd.DataFrame:
         with self._connect() as con:
-            return con.execute(f"select * from {self.table} where customer_hash % ? = ?", [shards, shard]).fetch_df()
+            return con.execute(f"select * from {self.table} where customer_hash >= ? and customer_hash < ?",
+                               list(bounds(shard, shards))).fetch_df()
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,8 @@ class AthenaShardSource(ShardSource):
         return int(self._query(f"select count(*) as n from {self.table}")["n"].iloc[0])
 
     def read(self, shard: int, shards: int) -> pd.DataFrame:
-        return self._query(f"select * from {self.table} where customer_hash % {int(shards)} = {int(shard)}")
+        low, high = bounds(shard, shards)
+        return self._query(f"select * from {self.table} where customer_hash >= {low} and customer_hash < {high}")
 
 
 @dataclass(frozen=True)
@@ -69,4 +85,6 @@ class FrameShardSource(ShardSource):
         return len(self.frame)
 
     def read(self, shard: int, shards: int) -> pd.DataFrame:
-        return self.frame[self.frame["customer_hash"] % shards == shard].reset_index(drop=True)
+        low, high = bounds(shard, shards)
+        hashes = self.frame["customer_hash"]
+        return self.frame[(hashes >= low) & (hashes < high)].reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""Tree models evaluated with vectorized numpy, for request-sized inputs.
+"""Tree models evaluated with vectorized numpy: the API's request-sized inputs, and the batch's exact churn drivers.
 
 The libraries' own paths cost milliseconds for one row (input validation, per-tree calls); the
 trees themselves need microseconds. These classes read a fitted model once, then evaluate all of
