@@ -35,8 +35,10 @@ SAMPLE_ROWS = 200_000
 def sample_sql(table: str, key: str = "customer_hash", customer_id: str = "customer_id",
                rows: int = SAMPLE_ROWS) -> str:
     """The rows the drift check compares (plain SQL for DuckDB and Athena)."""
-    return (f"select * from (select *, row_number() over (order by {key}, {customer_id}) as sample_rank "
-            f"from {table}) as ranked where sample_rank <= {int(rows)}")
+    # Ranked on two columns, then joined back: the engine sorts ids and hashes, not whole rows.
+    return (f"select t.*, r.sample_rank from {table} as t join (select {customer_id} as sample_id, row_number() "
+            f"over (order by {key}, {customer_id}) as sample_rank from {table}) as r on t.{customer_id} = "
+            f"r.sample_id where r.sample_rank <= {int(rows)}")
 DECILES = np.arange(1, 10) / 10  # not linspace: 0.30000000000000004 would move an edge
 MISSING = "<missing>"
 

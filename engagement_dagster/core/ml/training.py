@@ -70,9 +70,11 @@ def sample_sql(table: str, roles: FeatureRoles, max_training_rows: int = MAX_TRA
     as about as many customers rank before them: the sample is stable across weeks. Plain SQL for
     DuckDB and Athena alike; the rank column (`sample_rank`) comes back with the rows."""
     valid = -(-max_training_rows * 15 // 70)
-    return (f"select * from (select *, row_number() over (partition by {roles.split} order by {roles.key}, {roles.id})"
-            f" as sample_rank from {table}) as ranked where sample_rank <= case {roles.split} "
-            f"when 'train' then {int(max_training_rows)} when 'valid' then {int(valid)} "
+    # Ranked on three columns, then joined back: the engine sorts ids and hashes, not whole rows.
+    return (f"select t.*, r.sample_rank from {table} as t join (select {roles.id} as sample_id, {roles.split} as "
+            f"sample_split, row_number() over (partition by {roles.split} order by {roles.key}, {roles.id}) as "
+            f"sample_rank from {table}) as r on t.{roles.id} = r.sample_id where r.sample_rank <= case "
+            f"r.sample_split when 'train' then {int(max_training_rows)} when 'valid' then {int(valid)} "
             f"else {int(max_test_rows)} end")
 
 
