@@ -353,7 +353,7 @@ def test_the_data_dictionary_lists_every_model_input_column_with_its_role(weeks)
     roles = read_roles(engagement_dbt.manifest_path)
     expected = {roles.id: "id", roles.split: "split", **{c: "feature" for c in roles.features},
                 **{c: "categorical" for c in roles.categoricals}, **{c: "target" for c in roles.targets},
-                **{c: "protected" for c in roles.protected}}
+                **{c: "protected" for c in roles.protected}, **({roles.key: "key"} if roles.key else {})}
     for column, role in expected.items():
         assert rows[column]["role"] == role, column
     assert {r["role"] for r in rows.values()} <= set(documents.ROLE_MEANING)

@@ -186,3 +186,23 @@ def test_a_feature_added_in_dbt_yaml_reaches_training(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="oops"):
         read_roles(path)
+
+
+def test_a_share_metric_must_beat_the_baseline_by_more_than_chance():
+    from engagement_dagster.core.ml.models.content import ContentRecommender
+    from engagement_dagster.core.ml.registry import noise_margin
+
+    margin = noise_margin(ContentRecommender, 0.2575, 3_000)  # two binomial standard errors: ±0.016
+    assert 0.015 < margin < 0.017
+    noise = promotion_decision(ContentRecommender, {"top3_accuracy": 0.2651}, {"top3_accuracy": 0.2575}, None,
+                               test_rows=3_000)
+    assert not noise.promote and "no more than chance" in noise.reason
+    words = evaluation.decision_words(ContentRecommender, noise, None)
+    assert words.startswith("refused:") and "chance" in words and "naive baseline serves" in words
+    learned = promotion_decision(ContentRecommender, {"top3_accuracy": 0.53}, {"top3_accuracy": 0.32}, None,
+                                 test_rows=450)
+    assert learned.promote
+    # The same small lead on many more rows is no longer chance; other metrics keep no margin.
+    assert promotion_decision(ContentRecommender, {"top3_accuracy": 0.2651}, {"top3_accuracy": 0.2575}, None,
+                              test_rows=100_000).promote
+    assert noise_margin(ChurnModel, 0.5, 3_000) == 0.0

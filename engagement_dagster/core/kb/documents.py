@@ -979,6 +979,7 @@ ROLE_MEANING = {
     "categorical": "a categorical model input",
     "target": "what a model predicts; never an input",
     "split": "train / valid / test, from a hash of the customer id",
+    "key": "the customer's hash: capped training samples and scoring shards, never a model input",
 }
 
 

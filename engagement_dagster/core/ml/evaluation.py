@@ -128,6 +128,9 @@ def decision_words(kind: type[ModelKind], decision: GateDecision, previous_champ
     beats_baseline = value > base if higher else value < base
     if not beats_baseline:
         return f"refused: {label} {_fmt(value)} does not beat the naive baseline's {_fmt(base)}{then}"
+    if not decision.promote and abs(value - base) <= decision.noise_margin:
+        return (f"refused: {label} {_fmt(value)} vs the naive baseline's {_fmt(base)} is a difference chance alone "
+                f"makes on these test rows (margin ±{_fmt(decision.noise_margin)}){then}")
     margin = f"beats the naive baseline by {_fmt(abs(value - base))} {label} ({_fmt(value)} vs {_fmt(base)})"
     if champ is None:
         return f"promoted: {margin}; it is the first version and serves from now on"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -55,22 +56,35 @@ class GateDecision:
     baseline: float
     champion: float | None
     tolerance: float
+    noise_margin: float = 0.0  # how far the primary metric could move by chance (share metrics)
 
 
 def _better(a: float, b: float, higher_is_better: bool) -> bool:
     return a > b if higher_is_better else a < b
 
 
+def noise_margin(kind: type[ModelKind], baseline_value: float, test_rows: int | None) -> float:
+    """How far a share-of-rows metric (e.g. top-3 accuracy) can move by chance on `test_rows` rows: two
+    binomial standard errors of the baseline's share. A challenger must beat the baseline by more, or it
+    has learned nothing we can tell from noise (a category that is pure noise still "beats" popularity
+    by a point now and then). 0 for other metrics and when the row count is unknown."""
+    if not getattr(kind, "primary_is_share", False) or not test_rows:
+        return 0.0
+    return 2 * math.sqrt(max(baseline_value * (1 - baseline_value), 0.0) / test_rows)
+
+
 def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, champion: dict | None,
-                       tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
-    """Promote when the challenger beats the naive baseline on the primary metric and, if there is
-    a champion (evaluated on the same test rows), is not worse than it by more than `tolerance`."""
+                       tolerance: float = DEFAULT_TOLERANCE, test_rows: int | None = None) -> GateDecision:
+    """Promote when the challenger beats the naive baseline on the primary metric (by more than the
+    noise margin of a share metric on `test_rows` rows) and, if there is a champion (evaluated on the
+    same test rows), is not worse than it by more than `tolerance`."""
     metric, higher = kind.primary_metric, kind.higher_is_better
     value, base = challenger[metric], baseline[metric]
     champ = None if champion is None else champion[metric]
+    margin = noise_margin(kind, base, test_rows)
 
     def decision(promote: bool, reason: str) -> GateDecision:
-        return GateDecision(promote, reason, metric, value, base, champ, tolerance)
+        return GateDecision(promote, reason, metric, value, base, champ, tolerance, margin)
 
     if kind.name == "anomaly_model":  # no "better" for a flag rate: it must stay near the target rate
         ok = 0.5 * base <= value <= 2 * base
@@ -78,6 +92,9 @@ def promotion_decision(kind: type[ModelKind], challenger: dict, baseline: dict, 
         return decision(ok, f"flagged share {value:.2%} {where} [{0.5 * base:.2%}, {2 * base:.2%}]")
     if not _better(value, base, higher):
         return decision(False, f"{metric} {value:.4g} does not beat the naive baseline {base:.4g}")
+    if margin and abs(value - base) <= margin:
+        return decision(False, f"{metric} {value:.4g} beats the naive baseline {base:.4g} by no more than chance "
+                               f"on {test_rows:,} test rows (margin {margin:.2g}: two standard errors)")
     if champ is None:
         return decision(True, f"first version: {metric} {value:.4g} beats the naive baseline {base:.4g}")
     limit = champ * (1 - tolerance) if higher else champ * (1 + tolerance)

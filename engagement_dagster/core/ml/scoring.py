@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -29,6 +28,8 @@ from engagement_dagster.core.ml.training import NaiveBaseline
 from engagement_dagster.core.storage.shards import ShardSource
 
 if TYPE_CHECKING:  # any lake works (the Dagster resource or a plain storage.Store): no Dagster import here
+    import duckdb
+
     from engagement_dagster.core.storage.lake import Store as Lake
 
 AT_RISK_CHURN_PROBABILITY = 0.5  # keep equal to the dbt var `at_risk_churn_probability`
@@ -285,6 +286,8 @@ def prediction_key(week: str, shard: int) -> str:
 def _relation(predictions: pd.DataFrame | str) -> tuple[duckdb.DuckDBPyConnection, str]:
     """A DuckDB connection and the relation to read predictions from: a frame, or a Parquet glob (the
     spooled shards of a week, however many customers: DuckDB streams them)."""
+    import duckdb  # here, not at the top: the prediction API imports this module, and its image has no DuckDB
+
     con = duckdb.connect()
     if isinstance(predictions, pd.DataFrame):
         con.register("predictions_frame", predictions)

@@ -109,7 +109,8 @@ def _train_one(name, parts, roles, oracle, registry, tolerance, week, log, threa
             log.warning(f"{name}: champion {pointer['version']} cannot score this table ({exc}); "
                         "comparing with the baseline only")
     rep["champion_on_this_test"] = champion_metrics
-    decision = promotion_decision(type(model), rep["test"], rep["baseline"], champion_metrics, tolerance)
+    decision = promotion_decision(type(model), rep["test"], rep["baseline"], champion_metrics, tolerance,
+                                  test_rows=int(rep["rows"]["test"]))
     words = evaluation.decision_words(type(model), decision, (pointer or {}).get("version"))
     rep["decision"] = words
     fingerprint = data_fingerprint(parts["train"])
