@@ -206,3 +206,18 @@ def test_a_share_metric_must_beat_the_baseline_by_more_than_chance():
     assert promotion_decision(ContentRecommender, {"top3_accuracy": 0.2651}, {"top3_accuracy": 0.2575}, None,
                               test_rows=100_000).promote
     assert noise_margin(ChurnModel, 0.5, 3_000) == 0.0
+
+
+def test_exact_churn_drivers_from_lookup_tables_equal_xgboosts_treeshap(trained, parts):
+    """The batch's exact drivers come from fast_trees' lookup tables; they must be XGBoost's own
+    pred_contribs (bias column included), to float32 rounding."""
+    import xgboost as xgb
+
+    churn = trained["churn_model"]
+    rows = parts["test"].head(2_000)
+    fast = churn.contributions(rows, approximate=False)
+    assert churn._tree_shap() is not None  # the lookup tables, not the fallback
+    reference = churn.booster.predict(xgb.DMatrix(churn.spec.matrix(rows), enable_categorical=True),
+                                      pred_contribs=True)
+    assert fast.shape == reference.shape
+    assert np.abs(fast - reference).max() < 1e-5
