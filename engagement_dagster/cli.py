@@ -13,7 +13,9 @@ weeks after it are canceled.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
+import gc
 import json
 import os
 import re
@@ -228,6 +230,9 @@ def run(week: str | None, n_customers: int, source: str | None, seed: int, timin
     instance = dg.DagsterInstance.get()
     results: list[tuple[str, RunResult, float]] = []
     with WeeklyRefresh(instance) as refresh, _console() as console:
+        # The definitions and their imports (~300,000 objects) live as long as the process: the cyclic
+        # garbage collector need not walk them again at each full collection (~0.15 s a walk, ~0.5 s a run).
+        gc.freeze()
         if len(chosen) == 1:
             backfill, runs = None, [refresh.create_run(chosen[0], run_config, tags)]
         else:
@@ -524,5 +529,19 @@ def main(argv: list[str] | None = None) -> int:
     return run(args.week, args.customers, args.source, args.seed, args.timings_json, args.weeks)
 
 
+def entry() -> None:
+    """The `engagement-dagster` command. After a weekly run, whatever the run wrote is closed and
+    flushed, and the exit handlers (temporary folders, logging) have run: the process then ends without
+    the interpreter's teardown of the ~3,000 modules a run imports (torch, dbt, Dagster), which takes
+    1–2 s and writes nothing."""
+    code = main()
+    if sys.argv[1:2] != ["run"]:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -94,6 +94,9 @@ KB_WEEKS = ("2026-11-09", "2026-11-16")
 KB_CUSTOMERS = 3_000
 
 
+KB_RUN_FACTS: dict = {}  # what kb_weeks' runs did that their results do not show
+
+
 @pytest.fixture(scope="session")
 def kb_weeks(tmp_path_factory):
     """Two consecutive weeks of the whole graph (3,000 customers), knowledge base included, in their
@@ -101,6 +104,7 @@ def kb_weeks(tmp_path_factory):
     week's result, the re-materialization's result, the index files before it)."""
     import dagster as dg
 
+    from engagement_dagster.core.kb import embeddings
     from engagement_dagster.definitions import defs
     from engagement_dagster.defs.kb.assets import kb_index
     from engagement_dagster.defs.resources import build_resources
@@ -109,15 +113,24 @@ def kb_weeks(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ENGAGEMENT_LAKE_DIR", str(root))
         patch.setenv("ENGAGEMENT_ENV", "local")
+        patch.setattr(embeddings, "_DEFAULT", {})  # these runs load the model themselves (KB_RUN_FACTS)
         resources = build_resources("local")
         for week in KB_WEEKS:
             result = dg.materialize(
                 defs.assets, partition_key=week, resources=resources, raise_on_error=False,
                 run_config={"ops": {"ingest__raw_customers": {"config": {"n_customers": KB_CUSTOMERS}}}})
             assert result.success
+        embedder = embeddings.default_embedder()
+        KB_RUN_FACTS["embedder_loaded_in"] = embedder.loaded_in if embedder is not None else None
         files = index_files(root)
         again = dg.materialize([kb_index], partition_key=KB_WEEKS[-1], resources=resources)
         yield root, LocalLake(root=str(root)), result, again, files
+
+
+@pytest.fixture(scope="session")
+def kb_run_facts(kb_weeks) -> dict:
+    """What kb_weeks' runs did that their results do not show (which thread loaded the KB's model)."""
+    return KB_RUN_FACTS
 
 
 def index_files(root) -> dict[str, tuple[bytes, int, int]]:

@@ -22,6 +22,7 @@ from engagement_dagster.core.kb.bedrock import (
     target_from_settings,
 )
 from engagement_dagster.core.kb.index import Passage
+from engagement_dagster.defs.resources.embeddings import KbEmbeddings
 from engagement_dagster.defs.resources.lake import LocalLake
 from engagement_dagster.defs.resources.lease import WriterLease
 
@@ -356,7 +357,8 @@ def test_the_kb_index_asset_publishes_the_week_to_bedrock_on_aws(aws_endpoint, m
         bedrock.publish_week, agent=agent.client, sleep=lambda _: None))
 
     result = dg.materialize([kb_assets.kb_index], partition_key=WEEK,
-                            resources={"lake": lake, "writer_lease": WriterLease(lake=lake)})
+                            resources={"lake": lake, "writer_lease": WriterLease(lake=lake),
+                                       "kb_embeddings": KbEmbeddings()})
     agent.stub.assert_no_pending_responses()
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key == kb_assets.KB_INDEX)
     meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}

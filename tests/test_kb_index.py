@@ -321,3 +321,22 @@ def test_version_ids_are_not_what_the_embedding_model_reads(tmp_path):
     text = f"| churn_model | {version} | 2026-11-16 |"
     assert index.VERSION_PATTERN.search(text).group(0) == version
     assert index.for_embedding(text) == "| churn_model | version | 2026-11-16 |"
+
+
+@needs_kb_extra
+def test_bfloat16_embeddings_equal_float32_to_rounding_and_the_name_says_which(monkeypatch):
+    from engagement_dagster.core.kb import embeddings
+
+    texts = [BODY, "Model card: churn_model. AUC 0.87, calibrated by isotonic regression: ECE 0.02.",
+             "Which segment has the highest churn risk this week?", "Top three content categories per customer."]
+    f32, b16 = embeddings.SentenceEmbedder(precision="float32"), embeddings.SentenceEmbedder(precision="bfloat16")
+    cosine = (f32.embed(texts) * b16.embed(texts)).sum(axis=1)
+    assert cosine.min() >= 0.995, cosine
+    assert b16.name.endswith(", bfloat16)") and "bfloat16" not in f32.name  # the index records which
+    monkeypatch.setenv(embeddings.PRECISION, "auto")
+    assert embeddings.precision() == ("bfloat16" if embeddings.native_bf16() else "float32")
+    monkeypatch.setenv(embeddings.PRECISION, "float32")
+    assert embeddings.precision() == "float32"
+    monkeypatch.setenv(embeddings.PRECISION, "fp8")
+    with pytest.raises(ValueError, match="ENGAGEMENT_KB_PRECISION must be"):
+        embeddings.precision()

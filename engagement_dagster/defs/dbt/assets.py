@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
-from engagement_dagster.core import faults
+from engagement_dagster.core import faults, idle_work
 from engagement_dagster.core.ml.feature_roles import range_failure_summary, range_test_failure_relations
 from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.partitions import weekly_partitions
@@ -120,6 +120,7 @@ def _build(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Wa
     stored = range_test_failure_relations(engagement_dbt.manifest_path)
     held, events = [], []
     try:
+        idle_work.start()  # slow set-up of later steps (the KB's model) runs while this process waits on dbt
         invocation = dbt.cli(["build"], context=context, raise_on_error=False)
         for event in invocation.stream():
             if isinstance(event, (dg.Output, dg.AssetMaterialization)) and not any(

@@ -15,6 +15,7 @@ from engagement_dagster.core.kb import bedrock, documents, index
 from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.models.assets import MODEL_INPUT_KEY, MODEL_KEYS
 from engagement_dagster.defs.partitions import weekly_partitions
+from engagement_dagster.defs.resources.embeddings import KbEmbeddings
 from engagement_dagster.defs.resources.lake import Lake
 from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import AthenaWarehouse, DuckDBWarehouse, Warehouse
@@ -83,13 +84,16 @@ class KbIndexConfig(dg.Config):
                 "ENGAGEMENT_KB_ID set, the documents are also uploaded to the Bedrock knowledge base and ingested. "
                 "A week whose documents and settings are unchanged does no work.",
 )
-def kb_index(context: dg.AssetExecutionContext, config: KbIndexConfig, lake: Lake,
+def kb_index(context: dg.AssetExecutionContext, config: KbIndexConfig, lake: Lake, kb_embeddings: KbEmbeddings,
              writer_lease: WriterLease) -> dg.MaterializeResult:
     week = context.partition_key
     chunking = index.ChunkSettings(chunk_tokens=config.chunk_tokens, overlap=config.overlap)
-    built = index.build_index(lake, week, chunking)
+    embedder = kb_embeddings.embedder()
+    built = index.build_index(lake, week, chunking, embedder=embedder)
     context.log.info(f"kb_index {week}: {built.status} ({built.chunks} chunks from {built.documents} documents, "
                      f"{built.seconds:.2f} s)")
+    if embedder is not None and embedder.load_seconds is not None:
+        context.log.info(f"{embedder.name} loaded in {embedder.load_seconds:.1f} s on thread {embedder.loaded_in}")
     published = {}
     if settings.environment() == "aws" and os.environ.get("ENGAGEMENT_KB_ID"):
         result = bedrock.publish_week(lake, week, bedrock.target_from_settings())  # raises on a failed job

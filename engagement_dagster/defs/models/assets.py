@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 from pydantic import Field
 
+from engagement_dagster.core import idle_work
 from engagement_dagster.core.data.snapshot import read_oracle
 from engagement_dagster.core.ml import evaluation
 from engagement_dagster.core.ml.feature_roles import MODEL_INPUT, read_roles
@@ -65,6 +66,11 @@ def train_models(context: dg.AssetExecutionContext, config: TrainingConfig, lake
     and scikit-learn release the GIL, so threads share the cores. One booster per core beats
     boosters that each try to use every core (measured: 5.9 s vs 7.0 s for six models on 2 cores)."""
     week = context.partition_key
+    # The knowledge base's model may still be loading (started while dbt ran): it imports scikit-learn,
+    # which the models import too, and two threads importing one package at once can deadlock.
+    waited = idle_work.wait()
+    if waited > 0.05:
+        context.log.info(f"waited {waited:.2f} s for the set-up started while dbt ran (core/idle_work.py)")
     roles = read_roles(engagement_dbt.manifest_path)
     sample = warehouse.query(sample_sql(warehouse.relation(MODEL_INPUT), roles, config.max_training_rows,
                                         config.max_test_rows)).drop(columns="sample_rank")

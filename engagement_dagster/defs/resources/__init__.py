@@ -15,6 +15,7 @@ from packaging.version import Version
 from engagement_dagster.core.settings import aws_settings, environment, lake_dir, warehouse_path
 from engagement_dagster.defs.dbt.project import engagement_dbt
 from engagement_dagster.defs.resources.catalog import GlueCatalog, LocalCatalog
+from engagement_dagster.defs.resources.embeddings import KbEmbeddings
 from engagement_dagster.defs.resources.lake import LocalLake, S3Lake
 from engagement_dagster.defs.resources.lease import WriterLease
 from engagement_dagster.defs.resources.warehouse import AthenaWarehouse, DuckDBWarehouse
@@ -63,6 +64,8 @@ def build_resources(env: str | None = None) -> dict:
     return {"lake": lake, "catalog": catalog, "warehouse": warehouse,
             # Held from a run's start to its end: one writer per lake (defs/resources/lease.py).
             "writer_lease": WriterLease(lake=lake),
+            # The knowledge base's embedding model, loading in the background from a run's start.
+            "kb_embeddings": KbEmbeddings(),
             "dbt": DbtCoreCliResource(project_dir=engagement_dbt, target="prod" if env == "aws" else "local",
                                       dbt_executable=dbt_executable,
                                       # dbt's events stream into the Dagster run; its JSON artifacts

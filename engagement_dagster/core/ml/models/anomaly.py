@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import IsolationForest
 
 from engagement_dagster.core.ml.models.base import SEED, FeatureSpec, ModelKind, sklearn_bytes, sklearn_from
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 
 class AnomalyModel(ModelKind):
@@ -26,6 +30,8 @@ class AnomalyModel(ModelKind):
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> AnomalyModel:
         numeric = self.spec.matrix(train)
         self.medians = {c: float(v) for c, v in numeric.median().items()}
+        from sklearn.ensemble import IsolationForest  # imported when used (core/ml/metrics.py says why)
+
         # In-process (n_jobs=1): joblib's worker start-up costs more than it saves at this size.
         self.forest = IsolationForest(n_estimators=100, max_samples=256, contamination=self.contamination,
                                       random_state=SEED, n_jobs=1).fit(self._x(train))

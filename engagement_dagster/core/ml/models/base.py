@@ -6,14 +6,16 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import joblib
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
 from engagement_dagster.core.ml.feature_roles import FeatureRoles
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 MAX_BIN = 64  # the same for every QuantileDMatrix of one booster
 SEED = 7
@@ -73,6 +75,8 @@ def booster_bytes(booster: xgb.Booster) -> bytes:
 
 
 def booster_from(data: bytes) -> xgb.Booster:
+    import xgboost as xgb  # imported when used, like scikit-learn (core/ml/metrics.py says why)
+
     booster = xgb.Booster()
     booster.load_model(bytearray(data))
     return booster
@@ -137,6 +141,8 @@ class XGBoostModel(ModelKind):
         return frame[self.target].to_numpy(dtype="float32")
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> XGBoostModel:
+        import xgboost as xgb
+
         dtrain = xgb.QuantileDMatrix(self.spec.matrix(train), self._label(train), enable_categorical=True,
                                      max_bin=MAX_BIN)
         dvalid = xgb.QuantileDMatrix(self.spec.matrix(valid), self._label(valid), enable_categorical=True,
@@ -163,6 +169,8 @@ class XGBoostModel(ModelKind):
         single-output booster come from lookup tables (`fast_trees.TreeShap`, ~6× faster than XGBoost's
         pred_contribs on the at-risk rows of a week, equal to float32 rounding); XGBoost computes them
         when the trees are too deep for the tables."""
+        import xgboost as xgb
+
         if not approximate and len(frame):
             shap = self._tree_shap()
             if shap is not None:
@@ -173,6 +181,8 @@ class XGBoostModel(ModelKind):
 
     def _tree_shap(self):
         if not hasattr(self, "_shap"):
+            import xgboost as xgb
+
             from engagement_dagster.core.ml.fast_trees import TreeShap, TreeShapTooLarge
 
             self._shap = None

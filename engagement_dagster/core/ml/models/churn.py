@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
-from sklearn.isotonic import IsotonicRegression
 
 from engagement_dagster.core.ml import metrics
 from engagement_dagster.core.ml.models.base import FeatureSpec, XGBoostModel, booster_from
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 # Within each fitted isotonic step, a probability moves with the booster's score at most this share of
 # the way toward the neighbouring steps' values (toward 0 and 1 beyond the first and last step).
@@ -30,6 +31,8 @@ def fit_interpolated_isotonic(score: np.ndarray, label: np.ndarray,
     keeps the isotonic value, so calibration is that of the isotonic fit (measured on test against
     the plain steps in every churn report), and every distinct score keeps a distinct probability.
     Returns the knots (score, probability), for ``np.interp``."""
+    from sklearn.isotonic import IsotonicRegression  # imported when used (core/ml/metrics.py says why)
+
     score, label = np.asarray(score, dtype="float64"), np.asarray(label, dtype="float64")
     fitted = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score, label).predict(score)
     levels, step = np.unique(fitted, return_inverse=True)  # the steps' values, increasing

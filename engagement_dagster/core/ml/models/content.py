@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
 from engagement_dagster.core.ml import metrics
 from engagement_dagster.core.ml.models.base import FeatureSpec, XGBoostModel, booster_from
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 
 class ContentRecommender(XGBoostModel):

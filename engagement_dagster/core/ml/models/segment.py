@@ -6,9 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
-from sklearn.preprocessing import StandardScaler
 
 from engagement_dagster.core.ml.feature_roles import FeatureRoles
 from engagement_dagster.core.ml.models.base import SEED, FeatureSpec, ModelKind, sklearn_bytes, sklearn_from
@@ -126,6 +123,11 @@ class SegmentModel(ModelKind):
         return self.scaler.transform(self.spec.matrix(frame).fillna(0).to_numpy())
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> SegmentModel:
+        # Imported when used (core/ml/metrics.py says why).
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import silhouette_score
+        from sklearn.preprocessing import StandardScaler
+
         sample = train.sample(min(len(train), 10_000), random_state=SEED)
         self.scaler = StandardScaler().fit(self.spec.matrix(sample).fillna(0).to_numpy())
         x = self._scaled(sample)
@@ -159,6 +161,8 @@ class SegmentModel(ModelKind):
                             index=frame.index)
 
     def evaluate(self, test: pd.DataFrame) -> dict[str, float]:
+        from sklearn.metrics import silhouette_score
+
         sample = test.sample(min(len(test), 4000), random_state=SEED)
         x = self._scaled(sample)
         labels = self.kmeans.predict(x)
