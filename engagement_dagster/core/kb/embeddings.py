@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import io
 import os
 import threading
 import time
@@ -50,9 +51,9 @@ def native_bf16() -> bool:
 
 
 def precision() -> str:
-    """The precision the model computes in. bfloat16 where the CPU has it natively: 2.5× faster on 2 cores
-    (57 chunks: 0.86 s against 2.2 s), cosine ≥ 0.998 to float32's vectors, the same retrieval scores
-    on the evaluation set (docs/benchmarks.md); elsewhere bfloat16 is emulated and slower, so float32."""
+    """The precision the model computes in. bfloat16 where the CPU has it natively: about 2.3× faster on
+    2 cores with the same vectors to 4 decimals of cosine (`python -m engagement_dagster.core.kb.embeddings`
+    measures it on a week's chunks; docs/benchmarks.md); elsewhere bfloat16 is emulated and slower."""
     value = os.environ.get(PRECISION, "auto").strip().lower()
     if value not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"{PRECISION} must be 'auto', 'float32' or 'bfloat16', got {value!r}")
@@ -123,3 +124,53 @@ def default_embedder() -> SentenceEmbedder | None:
         if "model" not in _DEFAULT:
             _DEFAULT["model"] = SentenceEmbedder(precision=precision())
         return _DEFAULT["model"]
+
+
+def compare_precisions(texts: Sequence[str], repeat: int = 3) -> dict:
+    """The same texts embedded in float32 and in bfloat16: the best of `repeat` timings of each (after a
+    first, untimed call) and the cosine between the two vectors of each text (min and mean)."""
+    vectors, seconds = {}, {}
+    for name in ("float32", "bfloat16"):
+        embedder = SentenceEmbedder(precision=name)
+        vectors[name] = embedder.embed(texts)
+        timings = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            embedder.embed(texts)
+            timings.append(time.perf_counter() - started)
+        seconds[name] = min(timings)
+    cosine = (vectors["float32"] * vectors["bfloat16"]).sum(axis=1)
+    return {"texts": len(texts), "seconds": seconds, "cosine_min": float(cosine.min()),
+            "cosine_mean": float(cosine.mean()), "native_bf16": native_bf16()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engagement_dagster.core.kb.embeddings [--week W]`: the week's indexed chunks embedded
+    in both precisions (docs/benchmarks.md quotes it)."""
+    import argparse
+
+    import pandas as pd
+
+    from engagement_dagster.core.kb import index
+    from engagement_dagster.core.kb.agent import latest_week
+    from engagement_dagster.core.storage.lake import open_store
+
+    parser = argparse.ArgumentParser(prog="python -m engagement_dagster.core.kb.embeddings")
+    parser.add_argument("--week", help="snapshot week; default the latest with documents")
+    args = parser.parse_args(argv)
+    lake = open_store()
+    week = args.week or latest_week(lake)
+    manifest = index.read_index_manifest(lake, week)
+    if manifest is None:
+        raise SystemExit(f"week {week} has no index: materialize knowledge_base/kb_index first")
+    chunks = pd.read_parquet(io.BytesIO(lake.read_bytes(index.index_files_prefix(week, manifest) + index.CHUNKS_FILE)))
+    found = compare_precisions([index.for_embedding(text) for text in chunks["text"]])
+    f32, b16 = found["seconds"]["float32"], found["seconds"]["bfloat16"]
+    print(f"week {week}: {found['texts']} chunks; float32 {f32:.2f} s, bfloat16 {b16:.2f} s ({f32 / b16:.1f}×; "
+          f"bfloat16 {'native' if found['native_bf16'] else 'emulated'} on this CPU); cosine between the two: "
+          f"min {found['cosine_min']:.5f}, mean {found['cosine_mean']:.5f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
